@@ -1,0 +1,21 @@
+"""hf-kd: knowledge distillation that makes Hugging Face *training* cheaper (Blakeney et al. 2022)."""
+
+from .callbacks import CostCallback
+from .config import DistillationTrainingArguments
+from .cost import CostMeter
+from .losses import distillation_loss
+from .schedule import kd_is_active, kd_weight, resolve_kd_stop_step, teacher_indices
+from .trainer import DistillationTrainer
+
+__version__ = "0.1.0"
+__all__ = [
+    "CostCallback",
+    "CostMeter",
+    "DistillationTrainer",
+    "DistillationTrainingArguments",
+    "distillation_loss",
+    "kd_is_active",
+    "kd_weight",
+    "resolve_kd_stop_step",
+    "teacher_indices",
+]

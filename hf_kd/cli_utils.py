@@ -1,0 +1,58 @@
+"""Shared plumbing for the thin entry scripts: argument parsing and one-line user errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from transformers import HfArgumentParser
+
+from .data import DataError
+from .teachers import TeacherLoadError
+
+logger = logging.getLogger("hf_kd")
+
+# Errors caused by what the user passed: reported as one line, exit status 2, no traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, DataError, TeacherLoadError, json.JSONDecodeError)
+
+
+class UserError(ValueError):
+    """A bad flag value or input file, reported in one line."""
+
+
+def parse_args(dataclass_types: Sequence[type], argv: list[str] | None = None) -> tuple:
+    """``HfArgumentParser`` over ``dataclass_types``; a single ``*.json`` argument is read as a file of arguments."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(dataclass_types)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        path = Path(argv[0])
+        if not path.is_file():
+            raise UserError(f"arguments file {argv[0]!r} does not exist")
+        try:
+            json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"arguments file {argv[0]!r} is not valid JSON ({e.msg} at line {e.lineno})") from e
+        return parser.parse_json_file(json_file=str(path), allow_extra_keys=False)
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level)
+
+
+def run_cli(main: Callable[[], object]) -> int:
+    """Run ``main``; user errors become ``error: <one line>`` on stderr and exit status 2."""
+    setup_logging()
+    try:
+        main()
+    except USER_ERRORS as e:
+        if os.environ.get("HF_KD_DEBUG"):
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,135 @@
+"""Pure loss functions for knowledge distillation (shared by the text trainer and the vision loop).
+
+The objective (``../shared/DESIGN.md``, Hinton et al. 2015; Blakeney et al. 2022, Sec. 3)::
+
+    loss = (1 - alpha) * CE(s, y) + alpha * T**2 * D(t / T, s / T)     while KD is on
+    loss = CE(s, y)                                                     after the stop step
+
+Every term is a *sum* over its positions divided by a caller-supplied denominator (the number of those
+positions in the whole optimizer step, over all micro-batches and ranks), so that the update does not
+depend on how the global batch is split (gradient accumulation, data parallelism).
+
+All softmax / log-softmax math runs in float32 even when the models run in bf16/fp16: the KL of two
+nearly equal low-precision distributions is dominated by rounding otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+DIVERGENCES = ("forward_kl", "reverse_kl")
+
+
+def teacher_log_probs(teacher_logits: Sequence[torch.Tensor], temperature: float) -> torch.Tensor:
+    """Log of the teachers' mean temperature-softened distribution (the ensemble ``"mean"`` target).
+
+    Args:
+        teacher_logits: one or more tensors of shape ``[N, V]`` (or any ``[..., V]``), same shape each.
+        temperature: softmax temperature ``T > 0``.
+    Returns:
+        float32 tensor ``[..., V]``: ``log(mean_i softmax(t_i / T))``; for one teacher its log-softmax.
+    """
+    if len(teacher_logits) == 0:
+        raise ValueError("teacher_log_probs needs at least one teacher's logits, got 0")
+    logps = [F.log_softmax(t.detach().float() / temperature, dim=-1) for t in teacher_logits]
+    if len(logps) == 1:
+        return logps[0]
+    # log-mean-exp keeps the mixture exact in log space (no underflow for confident teachers).
+    return torch.logsumexp(torch.stack(logps), dim=0) - math.log(len(logps))
+
+
+def kd_divergence_per_position(
+    student_logits: torch.Tensor,
+    teacher_logp: torch.Tensor,
+    temperature: float,
+    divergence: str = "forward_kl",
+) -> torch.Tensor:
+    """Per-position divergence between teacher and student softened distributions.
+
+    Args:
+        student_logits: ``[N, V]`` raw student logits (any dtype; promoted to float32).
+        teacher_logp: ``[N, V]`` float32 teacher log-probabilities (from :func:`teacher_log_probs`).
+        divergence: ``"forward_kl"`` = KL(teacher || student) (Hinton); ``"reverse_kl"`` = KL(student || teacher)
+            (the argument order of the paper's released code).
+    Returns:
+        float32 ``[N]``, unscaled (no ``T**2``), non-negative.
+    """
+    s_logp = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    if divergence == "forward_kl":
+        return (teacher_logp.exp() * (teacher_logp - s_logp)).sum(-1)
+    if divergence == "reverse_kl":
+        return (s_logp.exp() * (s_logp - teacher_logp)).sum(-1)
+    raise ValueError(f"kd_divergence={divergence!r} is not supported; expected one of {DIVERGENCES}")
+
+
+def ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of the cross-entropy over positions whose label is not -100.
+
+    Args:
+        logits: ``[..., V]``; labels: ``[...]`` int64 with -100 for positions that carry no loss.
+    Returns:
+        float32 scalar (0 when no position carries a label, with a graph so ``backward`` still works).
+    """
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(),
+        labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+
+
+@dataclass
+class DistillationLoss:
+    """Result of :func:`distillation_loss`. ``ce`` and ``kd`` are the *unweighted* normalised terms
+    (detached, for logging); ``loss`` is the weighted total to back-propagate."""
+
+    loss: torch.Tensor
+    ce: torch.Tensor
+    kd: torch.Tensor | None
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    labels: torch.Tensor,
+    teacher_logits: Sequence[torch.Tensor] | None = None,
+    kd_mask: torch.Tensor | None = None,
+    *,
+    alpha: float,
+    temperature: float,
+    divergence: str = "forward_kl",
+    ce_denominator: float | torch.Tensor,
+    kd_denominator: float | torch.Tensor | None = None,
+) -> DistillationLoss:
+    """``(1 - alpha) * CE + alpha * T**2 * D`` with each term a sum divided by its step-level count.
+
+    Args:
+        student_logits: ``[N, V]`` (or ``[B, L, V]``; flattened).
+        labels: ``[N]`` (or ``[B, L]``), -100 where no CE is taken.
+        teacher_logits: ``None`` (no KD: plain CE, weight 1) or a list of ``[K, V]`` tensors *already at the
+            KD positions* (the rows where ``kd_mask`` is true; all ``N`` rows when it is ``None``) -- a teacher
+            computes only the rows it is asked for. Several teachers are averaged in probability space.
+        kd_mask: ``[N]`` bool selecting the student rows that carry KD; ``None`` means every row.
+        ce_denominator: number of labelled positions in the whole optimizer step (all micro-batches/ranks).
+        kd_denominator: number of KD positions in the whole optimizer step; defaults to ``ce_denominator``.
+    """
+    v = student_logits.shape[-1]
+    student_logits = student_logits.reshape(-1, v)
+    labels = labels.reshape(-1)
+    ce = ce_sum(student_logits, labels) / ce_denominator
+    if not teacher_logits:
+        return DistillationLoss(loss=ce, ce=ce.detach(), kd=None)
+
+    teacher_logits = [t.reshape(-1, t.shape[-1]) for t in teacher_logits]
+    if kd_mask is not None:
+        student_logits = student_logits[kd_mask.reshape(-1)]
+    t_logp = teacher_log_probs(teacher_logits, temperature)
+    kd_sum = kd_divergence_per_position(student_logits, t_logp, temperature, divergence).sum()
+    kd = kd_sum / (ce_denominator if kd_denominator is None else kd_denominator)
+    loss = (1.0 - alpha) * ce + alpha * temperature**2 * kd
+    return DistillationLoss(loss=loss, ce=ce.detach(), kd=kd.detach())

@@ -1,0 +1,48 @@
+"""Student construction: from a checkpoint, a config, or a BERT size preset (from scratch)."""
+
+from __future__ import annotations
+
+from transformers import AutoConfig, AutoModelForMaskedLM, BertConfig
+
+from .script_args import MODEL_PRESETS, ModelArguments
+from .teachers import TeacherLoadError, load_pretrained
+
+# (layers, hidden, heads): the BERT miniatures of Turc et al. 2019 plus BERT-base; FFN = 4 x hidden.
+PRESET_SHAPES = {"tiny": (2, 128, 2), "mini": (4, 256, 4), "small": (4, 512, 8), "medium": (8, 512, 8),
+                 "base": (12, 768, 12)}
+
+
+def preset_config(name: str, vocab_size: int, max_position_embeddings: int = 512, **overrides) -> BertConfig:
+    """A ``BertConfig`` for one of :data:`MODEL_PRESETS`."""
+    if name not in PRESET_SHAPES:
+        raise ValueError(f"model_preset={name!r} is invalid: expected one of {MODEL_PRESETS}")
+    layers, hidden, heads = PRESET_SHAPES[name]
+    cfg = dict(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+               intermediate_size=4 * hidden, max_position_embeddings=max_position_embeddings)
+    cfg.update(overrides)
+    return BertConfig(**cfg)
+
+
+def build_student(args: ModelArguments, tokenizer, allow_pickle: bool = False):
+    """The student model: ``model_name_or_path`` > ``config_name`` > ``model_preset`` (default ``tiny``)."""
+    if args.model_name_or_path:
+        return load_pretrained(args.model_name_or_path, AutoModelForMaskedLM, trust_remote_code=args.trust_remote_code,
+                               allow_pickle=allow_pickle, what="student")
+    if args.config_name:
+        try:
+            config = AutoConfig.from_pretrained(args.config_name, trust_remote_code=args.trust_remote_code)
+        except OSError as e:
+            raise TeacherLoadError(f"could not load config {args.config_name!r}: {str(e).splitlines()[0]}") from e
+        config.vocab_size = len(tokenizer)
+    else:
+        config = preset_config(args.model_preset or "tiny", vocab_size=len(tokenizer))
+    config.pad_token_id = tokenizer.pad_token_id
+    return AutoModelForMaskedLM.from_config(config, trust_remote_code=args.trust_remote_code)
+
+
+def check_seq_length(model, max_seq_length: int) -> None:
+    """Sequences longer than the position embeddings would index out of range deep inside the model."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and max_seq_length > limit:
+        raise ValueError(f"max_seq_length={max_seq_length} is larger than the model's max_position_embeddings={limit}; "
+                         f"expected at most {limit}")

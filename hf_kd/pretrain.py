@@ -1,0 +1,102 @@
+"""MLM pretraining with optional KD: the logic behind ``run_scripts/run_mlm_kd.py`` and ``hf-kd reproduce``."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+from transformers import AutoTokenizer, DataCollatorForLanguageModeling
+from transformers.trainer_utils import get_last_checkpoint
+
+from .config import DistillationTrainingArguments
+from .data import DataError, cap, load_raw_splits, text_sample, tokenize_and_chunk, train_wordpiece_tokenizer
+from .models import build_student, check_seq_length
+from .script_args import DataArguments, ModelArguments
+from .trainer import DistillationTrainer
+
+logger = logging.getLogger(__name__)
+
+
+def mlm_accuracy(eval_pred) -> dict[str, float]:
+    """Masked-token accuracy from the ``[N, L]`` argmax predictions the trainer returns at eval (-100 elsewhere)."""
+    preds, labels = eval_pred.predictions, eval_pred.label_ids
+    preds = preds[0] if isinstance(preds, tuple) else preds
+    mask = labels != -100
+    return {"accuracy": float((preds[mask] == labels[mask]).mean()) if mask.any() else 0.0}
+
+
+def resolve_resume(args: DistillationTrainingArguments) -> str | None:
+    """``--resume_from_checkpoint PATH | latest``; a path that holds no checkpoint is an error."""
+    r = args.resume_from_checkpoint
+    if r is None or r is False or str(r).lower() in ("", "false", "none"):
+        return None
+    if str(r).lower() in ("latest", "true"):
+        last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+        if last is None:
+            raise FileNotFoundError(f"--resume_from_checkpoint {r}: no checkpoint-* folder in {args.output_dir!r}")
+        return last
+    if not (Path(r) / "trainer_state.json").is_file():
+        raise FileNotFoundError(f"--resume_from_checkpoint {r!r} is not a checkpoint folder (no trainer_state.json)")
+    return str(r)
+
+
+def check_output_dir(args: DistillationTrainingArguments, resume: str | None) -> None:
+    """Refuse to train into a non-empty output_dir unless resuming or ``--overwrite_output_dir``."""
+    out = Path(args.output_dir)
+    if resume is None and out.is_dir() and any(out.iterdir()) and not args.overwrite_output_dir:
+        raise FileExistsError(f"output_dir {str(out)!r} is not empty; pass --overwrite_output_dir, "
+                              "--resume_from_checkpoint latest, or another --output_dir")
+
+
+def load_tokenizer(model_args: ModelArguments, train_raw, column: str):
+    name = model_args.tokenizer_name or model_args.model_name_or_path
+    if name:
+        try:
+            return AutoTokenizer.from_pretrained(name, trust_remote_code=model_args.trust_remote_code)
+        except OSError as e:
+            raise DataError(f"could not load a tokenizer from {name!r}: {str(e).splitlines()[0]}") from e
+    return train_wordpiece_tokenizer(text_sample(train_raw, column), model_args.vocab_size)
+
+
+def build_trainer(model_args: ModelArguments, data_args: DataArguments, args: DistillationTrainingArguments,
+                  teacher_model=None, callbacks=None) -> DistillationTrainer:
+    """Data, tokenizer, student and teachers -> a ready ``DistillationTrainer`` (nothing trained yet)."""
+    train_raw, val_raw = load_raw_splits(data_args)
+    tokenizer = load_tokenizer(model_args, train_raw, data_args.text_column_name)
+    student = build_student(model_args, tokenizer, allow_pickle=args.allow_pickle_weights)
+    check_seq_length(student, data_args.max_seq_length)
+    col, n = data_args.text_column_name, data_args.preprocessing_num_workers
+    with args.main_process_first(desc="tokenizing"):
+        train = cap(tokenize_and_chunk(train_raw, tokenizer, col, data_args.max_seq_length, n), data_args.max_train_samples)
+        val = cap(tokenize_and_chunk(val_raw, tokenizer, col, data_args.max_seq_length, n, what="validation data"),
+                  data_args.max_eval_samples)
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=data_args.mlm_probability)
+    if args.teacher_model_name_or_path is None and teacher_model is None:
+        logger.info("no teacher: this is a no-KD baseline run")
+    return DistillationTrainer(model=student, teacher_model=teacher_model, args=args, train_dataset=train,
+                               eval_dataset=val, data_collator=collator, processing_class=tokenizer,
+                               compute_metrics=mlm_accuracy, callbacks=callbacks)
+
+
+def run_pretraining(model_args: ModelArguments, data_args: DataArguments, args: DistillationTrainingArguments,
+                    teacher_model=None, callbacks=None) -> dict[str, float]:
+    """Train, save the final model and ``all_results.json``; returns the final metrics."""
+    resume = resolve_resume(args)
+    check_output_dir(args, resume)
+    trainer = build_trainer(model_args, data_args, args, teacher_model, callbacks)
+    train_result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model()
+    metrics = dict(train_result.metrics)
+    eval_metrics = trainer.evaluate()
+    metrics.update(eval_metrics)
+    metrics["perplexity"] = math.exp(min(eval_metrics["eval_loss"], 50.0))
+    metrics["gpu_hours"] = trainer.cost_callback.meter.gpu_hours
+    metrics["eval_gpu_hours"] = trainer.cost_callback.meter.eval_gpu_hours
+    metrics["kd_stop_step"] = trainer.kd_stop_step if trainer.teachers else 0
+    metrics["num_teachers"] = len(trainer.teachers)
+    metrics["teacher_forwards"] = len(trainer.teacher_calls)
+    trainer.save_metrics("all", {k: (float(v) if isinstance(v, np.floating) else v) for k, v in metrics.items()})
+    trainer.save_state()
+    return metrics

@@ -1,0 +1,48 @@
+"""Argument dataclasses shared by every text entry point (``run_mlm_kd.py``, ``hf-kd reproduce``).
+
+Flag names follow transformers' ``run_mlm.py`` so users' launch lines carry over.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MODEL_PRESETS = ("tiny", "mini", "small", "medium", "base")
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Student checkpoint (folder or Hub id) to start from. Unset = from scratch."})
+    config_name: str | None = field(
+        default=None, metadata={"help": "Config (folder or Hub id) for a student trained from scratch."})
+    model_preset: str | None = field(
+        default=None, metadata={"help": f"From-scratch BERT size, one of {MODEL_PRESETS} (tiny 2L/128, mini 4L/256, "
+                                "small 4L/512, medium 8L/512, base 12L/768). Default tiny when nothing else is set."})
+    tokenizer_name: str | None = field(
+        default=None, metadata={"help": "Tokenizer folder or Hub id. Unset: the student's, else a WordPiece "
+                                "tokenizer trained on the training text and cached."})
+    vocab_size: int = field(default=8192, metadata={"help": "Vocabulary size of a tokenizer trained here."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow model code from the Hub/folder to run. Off: it is arbitrary code."})
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Hub dataset, e.g. allenai/c4 (needs the Hub)."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset config, e.g. en."})
+    train_file: str | None = field(
+        default=None, metadata={"help": "Local training text: .txt (one document per line), .json/.jsonl, .csv, "
+                                ".parquet with a text column."})
+    validation_file: str | None = field(default=None, metadata={"help": "Local validation text, same formats."})
+    text_column_name: str = field(default="text", metadata={"help": "Column holding the text."})
+    validation_split_percentage: int = field(
+        default=5, metadata={"help": "Held-out share of the training documents when no validation set is given."})
+    streaming: bool = field(default=False, metadata={"help": "Stream the dataset (C4 scale); needs max_steps."})
+    max_seq_length: int = field(default=128, metadata={"help": "Tokens per training sequence (texts are "
+                                                         "concatenated and chunked)."})
+    mlm_probability: float = field(default=0.15, metadata={"help": "Share of tokens masked for MLM."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Cap on training sequences."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Cap on validation sequences."})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenization."})

@@ -1,0 +1,144 @@
+"""Teacher loading, checking, placement and release -- one place for the text trainer and the vision loop.
+
+Safety: weights load from safetensors. Pickle files (``.bin``, ``.pt``, ``.pth``) can execute code when
+unpickled, so they are refused unless the caller opts in (``allow_pickle=True``), and even then go through
+``torch.load(weights_only=True)``. ``trust_remote_code`` is off unless the user turns it on.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+class TeacherLoadError(ValueError):
+    """A teacher (or checkpoint) cannot be loaded; the message names the path and what is expected."""
+
+
+def load_state_dict_file(path: str | Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """Load a state dict from ``.safetensors`` (always) or a pickle file (only with ``allow_pickle``)."""
+    p = Path(path)
+    if not p.is_file():
+        raise TeacherLoadError(f"weights file {str(p)!r} does not exist; expected a .safetensors file")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(p))
+        except Exception as e:  # safetensors raises its own error types for truncated headers/data
+            raise TeacherLoadError(
+                f"weights file {str(p)!r} is not a readable safetensors file ({e}); it may be truncated or corrupted"
+            ) from e
+    if p.suffix in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise TeacherLoadError(
+                f"refusing to unpickle {str(p)!r}: pickle files can run code; convert it to .safetensors or pass "
+                "--allow_pickle_weights to load it with torch.load(weights_only=True)"
+            )
+        try:
+            obj = torch.load(str(p), map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise TeacherLoadError(f"could not load {str(p)!r} with torch.load(weights_only=True): {e}") from e
+        if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+            obj = obj["state_dict"]
+        if not isinstance(obj, dict):
+            raise TeacherLoadError(f"{str(p)!r} holds a {type(obj).__name__}, expected a state dict")
+        return obj
+    raise TeacherLoadError(f"weights file {str(p)!r} has an unknown suffix; expected .safetensors (or {PICKLE_SUFFIXES})")
+
+
+def check_local_model_dir(path: Path, allow_pickle: bool) -> None:
+    """A local model folder must hold a config and safetensors weights (or pickle weights when allowed)."""
+    if not (path / "config.json").is_file():
+        raise TeacherLoadError(f"model folder {str(path)!r} has no config.json; expected a save_pretrained() folder")
+    safetensors = list(path.glob("*.safetensors"))
+    pickles = [f for f in path.iterdir() if f.suffix in PICKLE_SUFFIXES and f.name != "training_args.bin"]
+    if not safetensors and pickles and not allow_pickle:
+        raise TeacherLoadError(
+            f"model folder {str(path)!r} has only pickle weights ({pickles[0].name}); refusing to unpickle them. "
+            "Convert to safetensors or pass --allow_pickle_weights"
+        )
+    for f in safetensors:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(f), framework="pt") as sf:
+                sf.keys()
+        except Exception as e:
+            raise TeacherLoadError(f"{str(f)!r} is not a readable safetensors file ({e}); truncated or corrupted?") from e
+
+
+def load_pretrained(name_or_path: str, auto_class, dtype: torch.dtype | None = None,
+                    trust_remote_code: bool = False, allow_pickle: bool = False, what: str = "teacher"):
+    """``auto_class.from_pretrained`` with the safety checks above; Hub ids keep the real Hub path."""
+    p = Path(name_or_path)
+    if p.exists():
+        if not p.is_dir():
+            raise TeacherLoadError(f"{what} {name_or_path!r} is a file; expected a model folder or a Hub id")
+        check_local_model_dir(p, allow_pickle)
+    elif name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise TeacherLoadError(f"{what} {name_or_path!r} does not exist; expected a local model folder or a Hub id")
+    kwargs = {"trust_remote_code": trust_remote_code}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if not allow_pickle:
+        kwargs["use_safetensors"] = True
+    try:
+        return auto_class.from_pretrained(name_or_path, **kwargs)
+    except OSError as e:
+        raise TeacherLoadError(f"could not load {what} {name_or_path!r}: {str(e).splitlines()[0]}") from e
+
+
+def freeze_teacher(teacher: torch.nn.Module, device: torch.device | str | None = None,
+                   dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """Eval mode, no gradients, on ``device``: a teacher is never trained and never in the optimizer."""
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    if device is not None or dtype is not None:
+        teacher.to(device=device, dtype=dtype)
+    return teacher
+
+
+def release_teachers(teachers: Sequence[torch.nn.Module]) -> None:
+    """Free the teachers' accelerator memory after the KD stop step (they are never called again)."""
+    on_accel = any(p.device.type != "cpu" for t in teachers for p in t.parameters())
+    for t in teachers:
+        t.to("cpu")
+    gc.collect()
+    if on_accel and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    logger.info("KD stopped: %d teacher(s) released from the accelerator", len(teachers))
+
+
+def output_vocab_size(model: torch.nn.Module) -> int | None:
+    """Size of a model's output distribution (vocabulary for MLM heads, classes for classifiers)."""
+    cfg = getattr(model, "config", None)
+    if cfg is not None and getattr(cfg, "vocab_size", None):
+        return int(cfg.vocab_size)
+    emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if emb is not None and hasattr(emb, "out_features"):
+        return int(emb.out_features)
+    fc = getattr(model, "fc", None)
+    if isinstance(fc, torch.nn.Linear):
+        return int(fc.out_features)
+    return None
+
+
+def check_teacher_vocab(student: torch.nn.Module, teachers: Sequence[torch.nn.Module], names: Sequence[str]) -> None:
+    """Every teacher must predict over the student's vocabulary (or classes); else KD compares nonsense."""
+    s = output_vocab_size(student)
+    for t, name in zip(teachers, names):
+        v = output_vocab_size(t)
+        if s is not None and v is not None and v != s:
+            raise TeacherLoadError(
+                f"teacher {name!r} has vocabulary/output size {v} but the student has {s}; they must be equal"
+            )

@@ -1,0 +1,38 @@
+"""MLM pretraining of a BERT-style student with knowledge distillation (hf-kd).
+
+Offline, on the built-in corpus (a teacher run, then a student distilling from it):
+
+    python run_scripts/run_mlm_kd.py --output_dir runs/teacher --max_steps 400
+    python run_scripts/run_mlm_kd.py --output_dir runs/kd --max_steps 200 \
+        --teacher_model_name_or_path runs/teacher --kd_alpha 0.5 --kd_temperature 1 --kd_stop_ratio 0.5
+
+Real scale (8 GPUs, BERT-base on C4, KD for the first half, DeepSpeed ZeRO-2):
+
+    accelerate launch --num_processes 8 run_scripts/run_mlm_kd.py \
+        --dataset_name allenai/c4 --dataset_config_name en --streaming --model_preset base \
+        --tokenizer_name bert-base-uncased --teacher_model_name_or_path bert-base-uncased \
+        --max_steps 100000 --per_device_train_batch_size 32 --learning_rate 5e-4 --warmup_ratio 0.06 \
+        --kd_alpha 0.5 --kd_temperature 1 --kd_stop_ratio 0.5 --bf16 --deepspeed ds_configs/zero2.json \
+        --save_steps 10000 --eval_strategy steps --eval_steps 10000 --output_dir runs/bert-base-kd
+
+Arguments can also come from one JSON file: ``python run_scripts/run_mlm_kd.py args.json``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from hf_kd.cli_utils import parse_args, run_cli
+from hf_kd.config import DistillationTrainingArguments
+from hf_kd.pretrain import run_pretraining
+from hf_kd.script_args import DataArguments, ModelArguments
+
+
+def main(argv: list[str] | None = None) -> dict:
+    model_args, data_args, training_args = parse_args(
+        (ModelArguments, DataArguments, DistillationTrainingArguments), argv)
+    return run_pretraining(model_args, data_args, training_args)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
