@@ -11,7 +11,7 @@ Real scale (8 GPUs, BERT-base on C4, KD for the first half, DeepSpeed ZeRO-2):
     accelerate launch --num_processes 8 run_scripts/run_mlm_kd.py \
         --dataset_name allenai/c4 --dataset_config_name en --streaming --model_preset base \
         --tokenizer_name bert-base-uncased --teacher_model_name_or_path bert-base-uncased \
-        --max_steps 100000 --per_device_train_batch_size 32 --learning_rate 5e-4 --warmup_ratio 0.06 \
+        --max_steps 100000 --per_device_train_batch_size 32 --learning_rate 5e-4 --warmup_steps 0.06 \
         --kd_alpha 0.5 --kd_temperature 1 --kd_stop_ratio 0.5 --bf16 --deepspeed ds_configs/zero2.json \
         --save_steps 10000 --eval_strategy steps --eval_steps 10000 --output_dir runs/bert-base-kd
 

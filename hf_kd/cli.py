@@ -1,0 +1,79 @@
+"""``hf-kd``: command-line entry point. Sub-commands: ``reproduce``.
+
+    hf-kd reproduce                              # the paper's protocol in miniature (tiny preset, offline)
+    hf-kd reproduce --corpus ../shared/data/c4/c4-train.00000-of-01024.head1000.jsonl
+    hf-kd reproduce --preset bert-base-c4        # print the real-scale commands (--launch runs them)
+    hf-kd reproduce --task vision                # the same protocol with the ResNet loop (digits default)
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+from .cli_utils import UserError, parse_args, run_cli
+
+
+@dataclass
+class ReproduceArguments:
+    preset: str = field(default="tiny", metadata={"help": "'tiny' (offline, ~15 min on 2 CPU cores) or "
+                                                          "'bert-base-c4' (the real-scale protocol)."})
+    task: str = field(default="text", metadata={"help": "'text' (MLM) or 'vision' (ResNet on digits)."})
+    corpus: str | None = field(default=None, metadata={"help": "Local .txt/.jsonl to use instead of the built-in "
+                                                                "corpus (tiny preset)."})
+    seeds: int = field(default=1, metadata={"help": "Repeat the runs with this many seeds (0..N-1): spread."})
+    output_dir: str = field(default="runs/reproduce", metadata={"help": "Where results.json/.md and PNGs go."})
+    steps: int | None = field(default=None, metadata={"help": "Override the students' step budget (teachers scale "
+                                                               "with it); for quick looks, not for claims."})
+    only: list[str] | None = field(default=None, metadata={"help": "Run only these variants (and the baseline)."})
+    launch: bool = field(default=False, metadata={"help": "bert-base-c4: run the printed commands."})
+
+
+def reproduce(argv: list[str] | None = None) -> dict | None:
+    (a,) = parse_args((ReproduceArguments,), argv)
+    if a.seeds < 1:
+        raise UserError(f"--seeds {a.seeds} is invalid: expected an integer >= 1")
+    if a.preset == "bert-base-c4":
+        from .reproduce_scale import bert_base_c4
+
+        return bert_base_c4(a.output_dir, launch=a.launch)
+    if a.preset != "tiny":
+        raise UserError(f"--preset {a.preset!r} is invalid: expected 'tiny' or 'bert-base-c4'")
+    if a.task == "vision":
+        from .reproduce_vision import run_vision
+
+        results = run_vision(a.output_dir, seeds=a.seeds)
+    elif a.task == "text":
+        from dataclasses import replace
+
+        from .reproduce import TinyPreset, run_tiny
+
+        p = TinyPreset()
+        if a.steps:
+            k = a.steps / p.steps
+            p = replace(p, steps=a.steps, eval_every=max(1, int(p.eval_every * k)),
+                        good_teacher_steps=int(p.good_teacher_steps * k),
+                        second_teacher_steps=int(p.second_teacher_steps * k),
+                        poor_teacher_steps=max(1, int(p.poor_teacher_steps * k)))
+        results = run_tiny(a.output_dir, a.corpus, a.seeds, p, a.only)
+    else:
+        raise UserError(f"--task {a.task!r} is invalid: expected 'text' or 'vision'")
+    print(results["markdown"])
+    print(f"results: {a.output_dir}/results.json, {a.output_dir}/results.md, plots: {', '.join(results['plots'])}")
+    return results
+
+
+COMMANDS = {"reproduce": reproduce}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        print(f"usage: hf-kd {{{','.join(COMMANDS)}}} [flags]  (hf-kd reproduce --help)", file=sys.stderr)
+        return 2
+    cmd = COMMANDS[argv[0]]
+    return run_cli(lambda: cmd(argv[1:]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
