@@ -33,13 +33,13 @@ def reproduce(argv: list[str] | None = None) -> dict | None:
     (a,) = parse_args((ReproduceArguments,), argv)
     if a.seeds < 1:
         raise UserError(f"--seeds {a.seeds} is invalid: expected an integer >= 1")
+    if a.preset not in ("tiny", "bert-base-c4"):
+        raise UserError(f"--preset {a.preset!r} is invalid: expected 'tiny' or 'bert-base-c4'")
     if a.preset == "bert-base-c4":
         from .reproduce_scale import bert_base_c4
 
-        return bert_base_c4(a.output_dir, launch=a.launch)
-    if a.preset != "tiny":
-        raise UserError(f"--preset {a.preset!r} is invalid: expected 'tiny' or 'bert-base-c4'")
-    if a.task == "vision":
+        results = bert_base_c4(a.output_dir, launch=a.launch)
+    elif a.task == "vision":
         from .reproduce_vision import run_vision
 
         results = run_vision(a.output_dir, seeds=a.seeds)
@@ -59,7 +59,8 @@ def reproduce(argv: list[str] | None = None) -> dict | None:
     else:
         raise UserError(f"--task {a.task!r} is invalid: expected 'text' or 'vision'")
     print(results["markdown"])
-    print(f"results: {a.output_dir}/results.json, {a.output_dir}/results.md, plots: {', '.join(results['plots'])}")
+    if results["plots"]:
+        print(f"results: {a.output_dir}/results.json, {a.output_dir}/results.md, plots: {', '.join(results['plots'])}")
     return results
 
 

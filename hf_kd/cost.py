@@ -129,7 +129,8 @@ class CostMeter:
 
     def state_dict(self) -> dict[str, float]:
         """What a checkpoint must carry so that a resumed run continues the accounting."""
-        return {"train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds}
+        return {"train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds,
+                "num_processes": self.num_processes, "gpu_hours": self.gpu_hours}
 
     def load_state_dict(self, state: dict) -> None:
         self.train_seconds = float(state.get("train_seconds", 0.0))
