@@ -68,11 +68,12 @@ def kd_divergence_per_position(
     raise ValueError(f"kd_divergence={divergence!r} is not supported; expected one of {DIVERGENCES}")
 
 
-def ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def ce_sum(logits: torch.Tensor, labels: torch.Tensor, *, label_smoothing: float = 0.0) -> torch.Tensor:
     """Sum of the cross-entropy over positions whose label is not -100.
 
     Args:
         logits: ``[..., V]``; labels: ``[...]`` int64 with -100 for positions that carry no loss.
+        label_smoothing: forwarded to ``F.cross_entropy`` (0 = hard labels; ImageNet recipes use 0.1).
     Returns:
         float32 scalar (0 when no position carries a label, with a graph so ``backward`` still works).
     """
@@ -81,6 +82,7 @@ def ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         labels.reshape(-1),
         ignore_index=IGNORE_INDEX,
         reduction="sum",
+        label_smoothing=label_smoothing,
     )
 
 
@@ -105,6 +107,7 @@ def distillation_loss(
     divergence: str = "forward_kl",
     ce_denominator: float | torch.Tensor,
     kd_denominator: float | torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
 ) -> DistillationLoss:
     """``(1 - alpha) * CE + alpha * T**2 * D`` with each term a sum divided by its step-level count.
 
@@ -117,11 +120,12 @@ def distillation_loss(
         kd_mask: ``[N]`` bool selecting the student rows that carry KD; ``None`` means every row.
         ce_denominator: number of labelled positions in the whole optimizer step (all micro-batches/ranks).
         kd_denominator: number of KD positions in the whole optimizer step; defaults to ``ce_denominator``.
+        label_smoothing: smoothing of the hard-label CE term only (the KD target is the teacher's distribution).
     """
     v = student_logits.shape[-1]
     student_logits = student_logits.reshape(-1, v)
     labels = labels.reshape(-1)
-    ce = ce_sum(student_logits, labels) / ce_denominator
+    ce = ce_sum(student_logits, labels, label_smoothing=label_smoothing) / ce_denominator
     if not teacher_logits:
         return DistillationLoss(loss=ce, ce=ce.detach(), kd=None)
 
