@@ -18,7 +18,7 @@ On resume the seconds saved with the checkpoint (``stateful_callbacks``) are res
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from transformers import TrainerCallback
@@ -70,3 +70,17 @@ class CostCallback(TrainerCallback, ExportableState):
         # Trainer.log appended a copy of `logs` to log_history before calling us: update that copy too.
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
             state.log_history[-1].update(values)
+
+
+class PreOptimizerStepHook(TrainerCallback):
+    """Calls ``fn(optimizer)`` right before every optimizer step, after gradient clipping.
+
+    The only public point of a ``Trainer`` step where the reduced gradients are final and the update can still be
+    dropped (``DistillationTrainer`` uses it for ``on_nonfinite_loss``).
+    """
+
+    def __init__(self, fn: Callable[[object], None]):
+        self.fn = fn
+
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        self.fn(optimizer)

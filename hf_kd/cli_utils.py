@@ -12,22 +12,32 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from .data import DataError
+from .hub import HubPushError
 from .teachers import TeacherLoadError
+from .trainer import NonFiniteLossError
 
 logger = logging.getLogger("hf_kd")
 
 # Errors caused by what the user passed: reported as one line, exit status 2, no traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, DataError, TeacherLoadError, json.JSONDecodeError)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, DataError, TeacherLoadError, json.JSONDecodeError,
+               HubPushError)
 
 
 class UserError(ValueError):
     """A bad flag value or input file, reported in one line."""
 
 
+class _OneLineErrorParser(HfArgumentParser):
+    """argparse prints the whole usage text on a bad flag; a user needs the one line that says what is wrong."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see --help)")
+
+
 def parse_args(dataclass_types: Sequence[type], argv: list[str] | None = None) -> tuple:
     """``HfArgumentParser`` over ``dataclass_types``; a single ``*.json`` argument is read as a file of arguments."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(dataclass_types)
+    parser = _OneLineErrorParser(dataclass_types)
     if len(argv) == 1 and argv[0].endswith(".json"):
         path = Path(argv[0])
         if not path.is_file():
@@ -45,14 +55,15 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 
 def run_cli(main: Callable[[], object]) -> int:
-    """Run ``main``; user errors become ``error: <one line>`` on stderr and exit status 2."""
+    """Run ``main``; user errors become ``error: <one line>`` on stderr and exit status 2, a diverged run 1."""
     setup_logging()
     try:
         main()
-    except USER_ERRORS as e:
+    except (*USER_ERRORS, NonFiniteLossError) as e:
         if os.environ.get("HF_KD_DEBUG"):
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"error: {msg}", file=sys.stderr)
-        return 2
+        # 1 = training failed (diverged), 2 = bad usage or input, like argparse.
+        return 1 if isinstance(e, NonFiniteLossError) else 2
     return 0

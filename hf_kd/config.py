@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+import json
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from transformers import TrainingArguments
 
@@ -16,6 +20,42 @@ NONFINITE_POLICIES = ("stop", "skip")
 
 def _bad(name: str, value, expected: str) -> ValueError:
     return ValueError(f"{name}={value!r} is invalid: expected {expected}")
+
+
+def _check_deepspeed_file(value) -> None:
+    """A ``--deepspeed`` config path must be a readable JSON file (transformers' own error omits the file name)."""
+    if not isinstance(value, str) or not value.endswith(".json"):
+        return  # a dict or base64 string: transformers validates those
+    path = Path(value)
+    if not path.is_file():
+        raise FileNotFoundError(f"--deepspeed {value!r} does not exist; expected a DeepSpeed JSON config file")
+    try:
+        json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"--deepspeed {value!r} is not valid JSON ({e}); expected a DeepSpeed JSON config file") from e
+
+
+def validate_kd_fields(args, max_steps: int | None = None) -> None:
+    """Checks of the ``kd_*`` fields shared by the text and vision arguments (one meaning of each flag).
+
+    ``max_steps`` (when known) lets the two stop forms be compared: both set and disagreeing is an error.
+    """
+    if not 0.0 <= args.kd_alpha <= 1.0:
+        raise _bad("kd_alpha", args.kd_alpha, "a number in [0, 1]")
+    if not args.kd_temperature > 0:
+        raise _bad("kd_temperature", args.kd_temperature, "a number > 0")
+    if args.kd_stop_ratio is not None and not 0.0 < args.kd_stop_ratio <= 1.0:
+        raise _bad("kd_stop_ratio", args.kd_stop_ratio, "a fraction in (0, 1]")
+    if args.kd_stop_steps is not None and args.kd_stop_steps < 0:
+        raise _bad("kd_stop_steps", args.kd_stop_steps, "an integer >= 0")
+    if args.kd_stop_steps is not None and args.kd_stop_ratio is not None and max_steps:
+        from_ratio = math.ceil(args.kd_stop_ratio * max_steps)
+        if args.kd_stop_steps != from_ratio:
+            raise ValueError(f"kd_stop_steps={args.kd_stop_steps} and kd_stop_ratio={args.kd_stop_ratio} disagree for "
+                             f"max_steps={max_steps} (ratio gives step {from_ratio}); set only one of them")
+    for name, allowed in (("kd_teacher_selection", TEACHER_SELECTIONS), ("kd_divergence", DIVERGENCES)):
+        if getattr(args, name) not in allowed:
+            raise _bad(name, getattr(args, name), f"one of {allowed}")
 
 
 @dataclass
@@ -35,7 +75,7 @@ class DistillationTrainingArguments(TrainingArguments):
     kd_stop_ratio: float | None = field(
         default=None,
         metadata={"help": "Stop KD after this fraction of the optimizer steps, in (0, 1]; stop = ceil(ratio * "
-                  "max_steps). The paper found KD for the first 20-50% best for BERT. Unset = KD throughout."},
+                  "max_steps). The paper found KD for the first 20 to 50 percent best for BERT. Unset = KD throughout."},
     )
     kd_stop_steps: int | None = field(
         default=None,
@@ -74,6 +114,10 @@ class DistillationTrainingArguments(TrainingArguments):
         metadata={"help": "Run the MLM head only at positions that carry a loss (student: masked positions; teacher: "
                   "KD positions) for BERT-family models; falls back to the full forward for other heads."},
     )
+    teacher_trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Allow a teacher's own model code (Hub/folder) to run. Off: it is arbitrary code."},
+    )
     allow_pickle_weights: bool = field(
         default=False,
         metadata={"help": "Allow loading .bin/.pt weights (through torch.load(weights_only=True)); off because "
@@ -89,25 +133,28 @@ class DistillationTrainingArguments(TrainingArguments):
                   "stays valid); 'skip' = drop that step's update and continue."},
     )
 
+    # -- credentials never reach disk: training_args.bin is torch.save(args) in every checkpoint -------------
+    def __getstate__(self) -> dict:
+        # to_dict()/to_json_string() already mask ``*_token`` fields; pickling did not, so hub_token landed in
+        # training_args.bin in clear text. Copies (copy/deepcopy) keep it: see __copy__/__deepcopy__.
+        return {k: (None if k.endswith("_token") else v) for k, v in self.__dict__.items()}
+
+    def __copy__(self):
+        new = type(self).__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
+
+    def __deepcopy__(self, memo):
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        new.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return new
+
     def __post_init__(self):
+        _check_deepspeed_file(self.deepspeed)
         super().__post_init__()
-        if not 0.0 <= self.kd_alpha <= 1.0:
-            raise _bad("kd_alpha", self.kd_alpha, "a number in [0, 1]")
-        if not self.kd_temperature > 0:
-            raise _bad("kd_temperature", self.kd_temperature, "a number > 0")
-        if self.kd_stop_ratio is not None and not 0.0 < self.kd_stop_ratio <= 1.0:
-            raise _bad("kd_stop_ratio", self.kd_stop_ratio, "a fraction in (0, 1]")
-        if self.kd_stop_steps is not None and self.kd_stop_steps < 0:
-            raise _bad("kd_stop_steps", self.kd_stop_steps, "an integer >= 0")
-        if (self.kd_stop_steps is not None and self.kd_stop_ratio is not None and self.max_steps > 0
-                and self.kd_stop_steps != int(-(-self.kd_stop_ratio * self.max_steps // 1))):
-            raise ValueError(
-                f"kd_stop_steps={self.kd_stop_steps} and kd_stop_ratio={self.kd_stop_ratio} disagree for "
-                f"max_steps={self.max_steps} (ratio gives step {int(-(-self.kd_stop_ratio * self.max_steps // 1))}); "
-                "set only one of them"
-            )
-        for name, allowed in (("kd_teacher_selection", TEACHER_SELECTIONS), ("kd_positions", KD_POSITIONS),
-                              ("kd_divergence", DIVERGENCES), ("teacher_dtype", TEACHER_DTYPES),
+        validate_kd_fields(self, self.max_steps if self.max_steps > 0 else None)
+        for name, allowed in (("kd_positions", KD_POSITIONS), ("teacher_dtype", TEACHER_DTYPES),
                               ("on_nonfinite_loss", NONFINITE_POLICIES)):
             if getattr(self, name) not in allowed:
                 raise _bad(name, getattr(self, name), f"one of {allowed}")

@@ -5,12 +5,17 @@ Every user error raises :class:`DataError` with one line naming the bad value an
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+from collections.abc import Mapping
 from itertools import chain
 from pathlib import Path
 
 import datasets
+import numpy as np
+import torch
+from transformers import DataCollatorForLanguageModeling
 
 from .corpus import builtin_splits, corpus_fingerprint
 from .script_args import DataArguments
@@ -38,6 +43,8 @@ def _check_local_file(path: str) -> str:
     builder = LOCAL_BUILDERS.get(p.suffix.lower())
     if builder is None:
         raise DataError(f"data file {path!r} has suffix {p.suffix!r}; expected one of {sorted(LOCAL_BUILDERS)}")
+    if p.stat().st_size == 0:
+        raise DataError(f"data file {path!r} is empty; expected at least one document")
     if builder != "parquet":
         with open(p, "rb") as f:
             head = f.read(UTF8_CHECK_BYTES)
@@ -51,7 +58,11 @@ def _check_local_file(path: str) -> str:
 
 def _load_local(path: str, streaming: bool):
     builder = _check_local_file(path)
-    return datasets.load_dataset(builder, data_files={"train": path}, split="train", streaming=streaming)
+    try:
+        return datasets.load_dataset(builder, data_files={"train": path}, split="train", streaming=streaming)
+    except datasets.exceptions.DatasetGenerationError as e:  # malformed JSON/CSV rows; the cause says where
+        cause = e.__cause__ or e
+        raise DataError(f"data file {path!r} could not be read as {builder}: {str(cause).splitlines()[0]}") from e
 
 
 def _check_text_column(ds, column: str, what: str):
@@ -144,6 +155,27 @@ def tokenize_and_chunk(ds, tokenizer, column: str, max_seq_length: int, num_proc
         raise DataError(f"{what} has {n_tokens} tokens, too short for one sequence of max_seq_length="
                         f"{max_seq_length}; give more text or a smaller --max_seq_length")
     return chunked
+
+
+class ResumableMLMCollator(DataCollatorForLanguageModeling):
+    """MLM masking drawn from ``(seed, batch content)`` instead of the global torch RNG.
+
+    Why: the stock collator draws masks from the global RNG inside the DataLoader, which accelerate prefetches one
+    batch ahead, so the RNG state a checkpoint saves never matches the state the next batch was masked with, and a
+    resumed run masks differently (and shifts dropout). A per-batch generator seeded by a hash of the batch makes
+    masking a pure function of data order (itself a pure function of seed and epoch), so resume is exact -- with
+    DataLoader workers too, and the global RNG is left to dropout. Identical batches (evaluation) get identical
+    masks, which also makes evaluation losses comparable across checkpoints.
+    """
+
+    def torch_call(self, examples):
+        digest = hashlib.blake2b(str(self.seed).encode(), digest_size=8)
+        for ex in examples:
+            ids = ex["input_ids"] if isinstance(ex, Mapping) else ex
+            digest.update(np.asarray(ids, dtype=np.int64).tobytes())
+        self.generator = torch.Generator().manual_seed(int.from_bytes(digest.digest(), "little") & (2**63 - 1))
+        self._generator_pid = os.getpid()  # stops the base class from re-seeding it per worker
+        return super().torch_call(examples)
 
 
 def cap(ds, n: int | None):

@@ -60,11 +60,22 @@ def kd_divergence_per_position(
     Returns:
         float32 ``[N]``, unscaled (no ``T**2``), non-negative.
     """
-    s_logp = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"kd_divergence={divergence!r} is not supported; expected one of {DIVERGENCES}")
+    return kd_from_log_probs(F.log_softmax(student_logits.float() / temperature, dim=-1), teacher_logp, divergence)
+
+
+def kd_from_log_probs(s_logp: torch.Tensor, t_logp: torch.Tensor, divergence: str = "forward_kl") -> torch.Tensor:
+    """Per-row KL from float32 log-probabilities ``[N, V]`` -> ``[N]``.
+
+    ``F.kl_div(input, target, log_target=True)`` computes ``exp(target) * (target - input)`` in one fused
+    kernel: at vocabulary width the KD loss is memory-bound, and separate exp/sub/mul passes cost ~10% of a
+    tiny model's step (measured in ``benchmarks/kd_overhead.py``).
+    """
     if divergence == "forward_kl":
-        return (teacher_logp.exp() * (teacher_logp - s_logp)).sum(-1)
+        return F.kl_div(s_logp, t_logp, reduction="none", log_target=True).sum(-1)
     if divergence == "reverse_kl":
-        return (s_logp.exp() * (s_logp - teacher_logp)).sum(-1)
+        return F.kl_div(t_logp, s_logp, reduction="none", log_target=True).sum(-1)
     raise ValueError(f"kd_divergence={divergence!r} is not supported; expected one of {DIVERGENCES}")
 
 
@@ -125,15 +136,21 @@ def distillation_loss(
     v = student_logits.shape[-1]
     student_logits = student_logits.reshape(-1, v)
     labels = labels.reshape(-1)
-    ce = ce_sum(student_logits, labels, label_smoothing=label_smoothing) / ce_denominator
     if not teacher_logits:
+        ce = ce_sum(student_logits, labels, label_smoothing=label_smoothing) / ce_denominator
         return DistillationLoss(loss=ce, ce=ce.detach(), kd=None)
 
     teacher_logits = [t.reshape(-1, t.shape[-1]) for t in teacher_logits]
-    if kd_mask is not None:
-        student_logits = student_logits[kd_mask.reshape(-1)]
+    kd_logits = student_logits if kd_mask is None else student_logits[kd_mask.reshape(-1)]
+    s_logp = F.log_softmax(kd_logits.float() / temperature, dim=-1)
+    if kd_mask is None and temperature == 1.0 and label_smoothing == 0.0:
+        # Same rows, same softmax: reuse it for the CE instead of a second vocabulary-wide log-softmax.
+        ce_total = F.nll_loss(s_logp, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    else:
+        ce_total = ce_sum(student_logits, labels, label_smoothing=label_smoothing)
+    ce = ce_total / ce_denominator
     t_logp = teacher_log_probs(teacher_logits, temperature)
-    kd_sum = kd_divergence_per_position(student_logits, t_logp, temperature, divergence).sum()
+    kd_sum = kd_from_log_probs(s_logp, t_logp, divergence).sum()
     kd = kd_sum / (ce_denominator if kd_denominator is None else kd_denominator)
     loss = (1.0 - alpha) * ce + alpha * temperature**2 * kd
     return DistillationLoss(loss=loss, ce=ce.detach(), kd=kd.detach())

@@ -40,6 +40,14 @@ def build_student(args: ModelArguments, tokenizer, allow_pickle: bool = False):
     return AutoModelForMaskedLM.from_config(config, trust_remote_code=args.trust_remote_code)
 
 
+def check_vocab_fits(model, tokenizer) -> None:
+    """Token ids beyond the embedding table fail deep inside the model (a device-side assert on GPU)."""
+    size = getattr(model.config, "vocab_size", None)
+    if size is not None and len(tokenizer) > size:
+        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {size}; expected a "
+                         "tokenizer of at most that size (pass the model's own tokenizer with --tokenizer_name)")
+
+
 def check_seq_length(model, max_seq_length: int) -> None:
     """Sequences longer than the position embeddings would index out of range deep inside the model."""
     limit = getattr(model.config, "max_position_embeddings", None)

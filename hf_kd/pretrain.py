@@ -7,16 +7,28 @@ import math
 from pathlib import Path
 
 import numpy as np
-from transformers import AutoTokenizer, DataCollatorForLanguageModeling
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import AutoTokenizer, set_seed
 
+from .checkpointing import checkpoint_problem, latest_complete_checkpoint
 from .config import DistillationTrainingArguments
-from .data import DataError, cap, load_raw_splits, text_sample, tokenize_and_chunk, train_wordpiece_tokenizer
-from .models import build_student, check_seq_length
+from .data import (
+    DataError,
+    ResumableMLMCollator,
+    cap,
+    load_raw_splits,
+    text_sample,
+    tokenize_and_chunk,
+    train_wordpiece_tokenizer,
+)
+from .hub import publish_run, take_hub_settings
+from .models import build_student, check_seq_length, check_vocab_fits
 from .script_args import DataArguments, ModelArguments
 from .trainer import DistillationTrainer
 
 logger = logging.getLogger(__name__)
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model",
+                   "spiece.model", "sentencepiece.bpe.model")
 
 
 def mlm_accuracy(eval_pred) -> dict[str, float]:
@@ -33,12 +45,19 @@ def resolve_resume(args: DistillationTrainingArguments) -> str | None:
     if r is None or r is False or str(r).lower() in ("", "false", "none"):
         return None
     if str(r).lower() in ("latest", "true"):
-        last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+        # The newest *complete* one: a folder half-written by a killed save is skipped (with a warning).
+        last = latest_complete_checkpoint(args.output_dir)
         if last is None:
-            raise FileNotFoundError(f"--resume_from_checkpoint {r}: no checkpoint-* folder in {args.output_dir!r}")
+            raise FileNotFoundError(f"--resume_from_checkpoint {r}: no complete checkpoint-* folder in "
+                                    f"{args.output_dir!r}")
         return last
-    if not (Path(r) / "trainer_state.json").is_file():
-        raise FileNotFoundError(f"--resume_from_checkpoint {r!r} is not a checkpoint folder (no trainer_state.json)")
+    if not Path(r).exists():
+        raise FileNotFoundError(f"--resume_from_checkpoint {r!r} does not exist; expected a checkpoint-N folder "
+                                "or 'latest'")
+    problem = checkpoint_problem(r)
+    if problem:
+        raise FileNotFoundError(f"--resume_from_checkpoint {r!r} is not a complete checkpoint: {problem}; "
+                                "pass another checkpoint-N folder or 'latest'")
     return str(r)
 
 
@@ -53,10 +72,14 @@ def check_output_dir(args: DistillationTrainingArguments, resume: str | None) ->
 def load_tokenizer(model_args: ModelArguments, train_raw, column: str):
     name = model_args.tokenizer_name or model_args.model_name_or_path
     if name:
+        if Path(name).is_dir() and not any((Path(name) / f).is_file() for f in TOKENIZER_FILES):
+            # transformers would build an empty 5-token tokenizer here: every word [UNK], nothing ever masked.
+            raise DataError(f"folder {name!r} has no tokenizer files (e.g. {TOKENIZER_FILES[0]}); pass --tokenizer_name")
         try:
             return AutoTokenizer.from_pretrained(name, trust_remote_code=model_args.trust_remote_code)
-        except OSError as e:
-            raise DataError(f"could not load a tokenizer from {name!r}: {str(e).splitlines()[0]}") from e
+        except (OSError, ValueError) as e:  # ValueError: a folder with no tokenizer files, or remote code refused
+            raise DataError(f"could not load a tokenizer from {name!r} ({str(e).splitlines()[0].strip()}); expected a "
+                            "folder with tokenizer files, or pass --tokenizer_name") from e
     return train_wordpiece_tokenizer(text_sample(train_raw, column), model_args.vocab_size)
 
 
@@ -65,14 +88,18 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, args: Di
     """Data, tokenizer, student and teachers -> a ready ``DistillationTrainer`` (nothing trained yet)."""
     train_raw, val_raw = load_raw_splits(data_args)
     tokenizer = load_tokenizer(model_args, train_raw, data_args.text_column_name)
+    set_seed(args.seed)  # the Trainer seeds only once built: a from-scratch student must not get random init
     student = build_student(model_args, tokenizer, allow_pickle=args.allow_pickle_weights)
     check_seq_length(student, data_args.max_seq_length)
+    check_vocab_fits(student, tokenizer)
     col, n = data_args.text_column_name, data_args.preprocessing_num_workers
     with args.main_process_first(desc="tokenizing"):
         train = cap(tokenize_and_chunk(train_raw, tokenizer, col, data_args.max_seq_length, n), data_args.max_train_samples)
         val = cap(tokenize_and_chunk(val_raw, tokenizer, col, data_args.max_seq_length, n, what="validation data"),
                   data_args.max_eval_samples)
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=data_args.mlm_probability)
+    # Masks drawn from (seed, batch) rather than the global RNG, so a resumed run is bit-identical.
+    collator = ResumableMLMCollator(tokenizer, mlm_probability=data_args.mlm_probability,
+                                    seed=args.data_seed if args.data_seed is not None else args.seed)
     if args.teacher_model_name_or_path is None and teacher_model is None:
         logger.info("no teacher: this is a no-KD baseline run")
     return DistillationTrainer(model=student, teacher_model=teacher_model, args=args, train_dataset=train,
@@ -85,6 +112,7 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, args: 
     """Train, save the final model and ``all_results.json``; returns the final metrics."""
     resume = resolve_resume(args)
     check_output_dir(args, resume)
+    hub = take_hub_settings(args)  # we push after training; the Trainer's own push would open the repo now
     trainer = build_trainer(model_args, data_args, args, teacher_model, callbacks)
     train_result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
@@ -99,4 +127,5 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, args: 
     metrics["teacher_forwards"] = len(trainer.teacher_calls)
     trainer.save_metrics("all", {k: (float(v) if isinstance(v, np.floating) else v) for k, v in metrics.items()})
     trainer.save_state()
+    publish_run(trainer, metrics, data_args, hub)  # model card always; upload only with --push_to_hub
     return metrics

@@ -168,7 +168,6 @@ def ensure_teacher(name: str, p: TinyPreset, corpus: Corpus) -> tuple[Path, dict
     trainer = train_one(replace(p, eval_every=max(p.eval_every, steps // 6)), corpus, tmp, steps, seed)
     trainer.save_model()
     meta = {"name": name, "steps": steps, "seed": seed, "gpu_hours": trainer.cost_callback.meter.gpu_hours,
-            "eval_loss": trainer.state.log_history[-1].get("eval_loss"),
             "final_eval_loss": [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e][-1]}
     (tmp / "teacher.json").write_text(json.dumps(meta, indent=2))
     shutil.rmtree(folder, ignore_errors=True)

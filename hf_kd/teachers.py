@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import pickle
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -92,9 +93,30 @@ def load_pretrained(name_or_path: str, auto_class, dtype: torch.dtype | None = N
     if not allow_pickle:
         kwargs["use_safetensors"] = True
     try:
-        return auto_class.from_pretrained(name_or_path, **kwargs)
+        model, info = auto_class.from_pretrained(name_or_path, output_loading_info=True, **kwargs)
     except OSError as e:
         raise TeacherLoadError(f"could not load {what} {name_or_path!r}: {str(e).splitlines()[0]}") from e
+    except ValueError as e:
+        if "trust_remote_code" not in str(e):
+            raise
+        flag = "--teacher_trust_remote_code" if what == "teacher" else "--trust_remote_code"
+        raise TeacherLoadError(f"{what} {name_or_path!r} needs to run its own model code, which is off; expected a "
+                               f"model transformers knows, or pass {flag} if you trust that code") from e
+    except pickle.UnpicklingError as e:  # only reachable with allow_pickle: weights_only=True refused an object
+        raise TeacherLoadError(
+            f"{what} {name_or_path!r}: torch.load(weights_only=True) refused its pickle weights (they hold objects "
+            "other than tensors, which could run code); expected plain tensors, ideally as .safetensors"
+        ) from e
+    missing = sorted(info.get("missing_keys") or ())
+    if what == "teacher" and missing:
+        # e.g. a saved BertModel or classifier loaded as *ForMaskedLM: the head would be random, and KD from
+        # a random head silently teaches noise. (A student may start from a bare encoder; a teacher may not.)
+        archs = getattr(model.config, "architectures", None) or ["unknown"]
+        raise TeacherLoadError(
+            f"teacher {name_or_path!r} has no weights for {len(missing)} parameter(s) of {auto_class.__name__} "
+            f"(e.g. {missing[0]}; its architecture is {archs[0]}); expected a complete checkpoint with that head"
+        )
+    return model
 
 
 def freeze_teacher(teacher: torch.nn.Module, device: torch.device | str | None = None,

@@ -24,7 +24,8 @@ from collections.abc import Sequence
 import torch
 from transformers import AutoModelForMaskedLM, Trainer
 
-from .callbacks import CostCallback
+from .callbacks import CostCallback, PreOptimizerStepHook
+from .checkpointing import latest_complete_checkpoint, save_checkpoint_atomically
 from .config import DistillationTrainingArguments
 from .losses import IGNORE_INDEX, distillation_loss
 from .schedule import kd_is_active, kd_weight, resolve_kd_stop_step, teacher_indices
@@ -55,7 +56,8 @@ def load_teachers(spec: TeacherSpec, args: DistillationTrainingArguments) -> tup
     for item in items:
         if isinstance(item, str):
             model = load_pretrained(item, AutoModelForMaskedLM, dtype=_teacher_dtype(args),
-                                    trust_remote_code=False, allow_pickle=args.allow_pickle_weights)
+                                    trust_remote_code=args.teacher_trust_remote_code,
+                                    allow_pickle=args.allow_pickle_weights)
             teachers.append(model)
             names.append(item)
         else:
@@ -76,6 +78,9 @@ class DistillationTrainer(Trainer):
 
     # We normalise by the step-level counts ourselves (see module docstring).
     loss_is_scaled_for_ga = True
+    _staging_dir: str | None = None  # set while a checkpoint is being written (see _save_checkpoint)
+    _nonfinite: tuple[int, float] | None = None  # (step, loss) of a non-finite loss not yet acted on
+    _kd_stop_cache: tuple[int, int] | None = None  # (max_steps, stop step)
 
     def __init__(self, model=None, teacher_model: TeacherSpec = None, args: DistillationTrainingArguments = None,
                  **kwargs):
@@ -83,6 +88,10 @@ class DistillationTrainer(Trainer):
             raise TypeError("DistillationTrainer needs args=DistillationTrainingArguments(...)")
         self.teachers, self.teacher_names = load_teachers(teacher_model, args)
         check_teacher_vocab(model, self.teachers, self.teacher_names)
+        if args.kd_teacher_selection == "sample" and not self.teachers:
+            # 'mean' is the default, so 'sample' was asked for explicitly: without a teacher it would be ignored.
+            raise ValueError("kd_teacher_selection='sample' needs at least one teacher (--teacher_model_name_or_path); "
+                             "expected a teacher, or drop the flag for a no-KD baseline")
         if args.kd_teacher_selection == "sample" and len(self.teachers) == 1:
             logger.info("kd_teacher_selection='sample' with one teacher: that teacher is used at every KD step")
         super().__init__(model=model, args=args, **kwargs)
@@ -90,6 +99,7 @@ class DistillationTrainer(Trainer):
         self.model_accepts_loss_kwargs = True
         self.cost_callback = CostCallback(teachers=self.teachers, unit="tokens")
         self.callback_handler.callbacks.insert(0, self.cost_callback)  # before reporters, so they see the keys
+        self.add_callback(PreOptimizerStepHook(self._guard_optimizer_step))
         self._prepare_teachers()
         self._student_head = SparseHead.attach(self.model) if args.sparse_mlm_head else None
         self._teacher_heads = [SparseHead.attach(t) if args.sparse_mlm_head else None for t in self.teachers]
@@ -108,7 +118,11 @@ class DistillationTrainer(Trainer):
 
     @property
     def kd_stop_step(self) -> int:
-        return resolve_kd_stop_step(self.state.max_steps, self.args.kd_stop_ratio, self.args.kd_stop_steps)
+        # Cached per max_steps: resolving warns (kd_stop_steps beyond max_steps), and this runs every micro-batch.
+        if self._kd_stop_cache is None or self._kd_stop_cache[0] != self.state.max_steps:
+            stop = resolve_kd_stop_step(self.state.max_steps, self.args.kd_stop_ratio, self.args.kd_stop_steps)
+            self._kd_stop_cache = (self.state.max_steps, stop)
+        return self._kd_stop_cache[1]
 
     def kd_active(self, step: int | None = None) -> bool:
         step = self.state.global_step if step is None else step
@@ -144,7 +158,8 @@ class DistillationTrainer(Trainer):
         s_logits, rows = self._logits(model, self._student_head, inputs, student_rows)
         labels_rows = labels[rows] if rows is not None else labels
         t_logits = self._teacher_logits(inputs, kd_mask, step) if active else None
-        ce_den = num_items_in_batch if num_items_in_batch is not None else masked.sum().clamp(min=1)
+        # clamp: a step without any masked token has CE sum 0 and must give loss 0, not 0/0 = NaN
+        ce_den = (torch.as_tensor(num_items_in_batch) if num_items_in_batch is not None else masked.sum()).clamp(min=1)
         kd_den = ce_den if self._kd_count is None else self._kd_count
         # Sparse student rows are only used when they are exactly the KD rows (masked positions).
         out = distillation_loss(
@@ -164,26 +179,68 @@ class DistillationTrainer(Trainer):
                 return model(**inputs).logits, rows
         return model(**inputs).logits, None
 
-    @torch.no_grad()
     def _teacher_logits(self, inputs: dict, kd_mask: torch.Tensor, step: int) -> list[torch.Tensor]:
         idx = teacher_indices(step, len(self.teachers), self.args.kd_teacher_selection, self.args.seed)
+        # inference_mode skips all autograd bookkeeping (teacher forward ~15% faster than under no_grad on CPU,
+        # benchmarks/kd_overhead.py); ZeRO-3's gather hooks write into parameters, which it forbids -> no_grad.
+        ctx = torch.no_grad() if self.is_deepspeed_enabled else torch.inference_mode()
         logits = []
-        for i in idx:
-            self.teacher_calls.append((step, i))
-            t_logits, rows = self._logits(self.teachers[i], self._teacher_heads[i], inputs, kd_mask)
-            logits.append(t_logits if rows is not None else t_logits.reshape(-1, t_logits.shape[-1])[kd_mask.reshape(-1)])
+        with ctx:
+            for i in idx:
+                self.teacher_calls.append((step, i))
+                t_logits, rows = self._logits(self.teachers[i], self._teacher_heads[i], inputs, kd_mask)
+                logits.append(t_logits if rows is not None else t_logits.reshape(-1, t_logits.shape[-1])[kd_mask.reshape(-1)])
         return logits
 
     def _check_finite(self, loss: torch.Tensor, step: int) -> torch.Tensor:
+        """Note a non-finite loss; it is acted on before the optimizer step, where every rank can agree."""
         if torch.isfinite(loss.detach()).all():
             return loss
-        if self.args.on_nonfinite_loss == "skip":
-            logger.warning("non-finite training loss at step %d: step skipped (its gradient is zero)", step)
-            return loss.nan_to_num(0.0, 0.0, 0.0) * 0.0
+        if self._nonfinite is None:
+            self._nonfinite = (step, loss.item())
+        return loss.nan_to_num(0.0, 0.0, 0.0) * 0.0 if self.args.on_nonfinite_loss == "skip" else loss
+
+    def _guard_optimizer_step(self, optimizer) -> None:
+        """Before each optimizer step (after clipping): stop, or drop the update, if a loss or gradient is non-finite.
+
+        Raising at the loss would leave the other ranks waiting in the gradient all-reduce, so the decision is
+        taken here, from a flag reduced over ranks. Dropping = gradients set to None, which torch optimizers
+        skip entirely (no momentum or weight-decay update either); the learning-rate schedule still advances.
+        """
+        local, self._nonfinite = self._nonfinite, None
+        # Under fp16 loss scaling, overflowing gradients are routine: the GradScaler skips that step itself.
+        check_grads = getattr(self.accelerator, "scaler", None) is None
+        bad_grads = check_grads and not _grads_finite(self.model)
+        bad = torch.tensor(float(local is not None or bad_grads), device=self.args.device)
+        if self.args.world_size > 1:
+            bad = self.accelerator.reduce(bad, reduction="sum")
+        if bad.item() == 0:
+            return
+        step = self.state.global_step
+        what = (f"training loss is {local[1]}" if local else "gradients are not finite" if bad_grads
+                else "another rank's training loss is not finite")
+        if self.args.on_nonfinite_loss == "skip" and not self.is_deepspeed_enabled:
+            logger.warning("%s at step %d: update skipped (--on_nonfinite_loss skip)", what, step)
+            optimizer.zero_grad(set_to_none=True)
+            return
+        last = latest_complete_checkpoint(self.args.output_dir)
+        kept = f"the last checkpoint, {last}, is intact" if last else "no checkpoint had been saved"
         raise NonFiniteLossError(
-            f"training loss is {loss.item()} at step {step}; stopping (the last saved checkpoint is intact). "
-            "Lower the learning rate, check the data, or pass --on_nonfinite_loss skip"
+            f"{what} at step {step}; training stopped and {kept}. Lower the learning rate, check the data, or pass "
+            "--on_nonfinite_loss skip" + (" (not available under DeepSpeed, whose engine steps in backward)"
+                                          if self.is_deepspeed_enabled else "")
         )
+
+    # -- checkpoints: staged, then published by one rename (hf_kd.checkpointing) ---------------------------
+    def _get_output_dir(self, trial) -> str:
+        return self._staging_dir or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        save_checkpoint_atomically(self, model, trial, super()._save_checkpoint)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        if self._staging_dir is None:  # an async upload must not read the staging folder; pushed once published
+            super()._push_from_checkpoint(checkpoint_folder)
 
     def _eval_loss(self, model, inputs, return_outputs):
         """Plain MLM loss (mean over masked tokens) of the student; never calls a teacher."""
@@ -226,8 +283,21 @@ class DistillationTrainer(Trainer):
                 logs["kd_loss"] = round(sums[1].item() / steps, 6)
             logs["kd_weight"] = kd_weight(self.state.global_step - 1, self.args.kd_alpha, self.kd_stop_step) \
                 if self.teachers else 0.0
+            if self.args.kd_teacher_selection == "sample" and self.teacher_calls \
+                    and self.teacher_calls[-1][0] == self.state.global_step - 1:
+                logs["kd_teacher"] = self.teacher_calls[-1][1]  # the teacher of the step just done (audits)
             self._reset_log_sums()
         super().log(logs, start_time)
+
+
+def _grads_finite(model: torch.nn.Module) -> bool:
+    """Whether every local gradient is finite (one fused norm per device; sharded grads checked locally)."""
+    grads = [p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad
+             for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return True
+    norms = torch._foreach_norm(grads)
+    return bool(torch.stack([n.to(norms[0].device) for n in norms]).isfinite().all())
 
 
 def _attention(batch: dict) -> torch.Tensor:

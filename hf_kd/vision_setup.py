@@ -26,9 +26,8 @@ from pathlib import Path
 
 import torch
 
-from .config import DistillationTrainingArguments
-from .losses import DIVERGENCES
-from .schedule import TEACHER_SELECTIONS, resolve_kd_stop_step
+from .config import DistillationTrainingArguments, validate_kd_fields
+from .schedule import resolve_kd_stop_step
 from .teachers import TeacherLoadError, load_state_dict_file
 
 logger = logging.getLogger(__name__)
@@ -273,28 +272,9 @@ class VisionTrainingArguments:
         return {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in dataclasses.asdict(self).items()}
 
 
-def validate_kd_fields(args) -> None:
-    """The text trainer's checks of the kd_* flags (``DistillationTrainingArguments.__post_init__``)."""
-    if not 0.0 <= args.kd_alpha <= 1.0:
-        raise ValueError(f"kd_alpha={args.kd_alpha!r} is invalid: expected a number in [0, 1]")
-    if not args.kd_temperature > 0:
-        raise ValueError(f"kd_temperature={args.kd_temperature!r} is invalid: expected a number > 0")
-    if args.kd_stop_ratio is not None and not 0.0 < args.kd_stop_ratio <= 1.0:
-        raise ValueError(f"kd_stop_ratio={args.kd_stop_ratio!r} is invalid: expected a fraction in (0, 1]")
-    if args.kd_stop_steps is not None and args.kd_stop_steps < 0:
-        raise ValueError(f"kd_stop_steps={args.kd_stop_steps!r} is invalid: expected an integer >= 0")
-    for name, allowed in (("kd_teacher_selection", TEACHER_SELECTIONS), ("kd_divergence", DIVERGENCES)):
-        if getattr(args, name) not in allowed:
-            raise ValueError(f"{name}={getattr(args, name)!r} is invalid: expected one of {allowed}")
-
-
 def resolve_stop_step(args, max_steps: int) -> int:
     """The KD stop step for ``max_steps`` (both stop flags set must agree, as in the text trainer)."""
-    if args.kd_stop_steps is not None and args.kd_stop_ratio is not None:
-        from_ratio = math.ceil(args.kd_stop_ratio * max_steps)
-        if args.kd_stop_steps != from_ratio:
-            raise ValueError(f"kd_stop_steps={args.kd_stop_steps} and kd_stop_ratio={args.kd_stop_ratio} disagree for "
-                             f"max_steps={max_steps} (ratio gives step {from_ratio}); set only one of them")
+    validate_kd_fields(args, max_steps)
     return resolve_kd_stop_step(max_steps, args.kd_stop_ratio, args.kd_stop_steps)
 
 

@@ -1,0 +1,136 @@
+"""Crash-safe checkpoints: staged saves published by one atomic rename, and a ``latest`` that skips broken ones.
+
+``transformers.Trainer`` writes ``checkpoint-N/`` in place, so a crash (or ``kill -9``) mid-save leaves a folder
+that ``get_last_checkpoint`` picks and ``resume`` then fails on. :func:`save_checkpoint_atomically` makes the
+Trainer write into ``.partial-checkpoint-N/checkpoint-N`` and renames it to ``checkpoint-N`` only when every
+rank is done; :func:`latest_complete_checkpoint` additionally verifies a folder before resuming from it (a
+checkpoint truncated by a full disk, or written by another tool, is skipped with a warning).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+logger = logging.getLogger(__name__)
+
+PARTIAL_PREFIX = ".partial-"
+STATE_FILE = "trainer_state.json"
+_CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+# Weight files other than safetensors that mark a checkpoint as holding a model (DeepSpeed writes `latest`).
+OTHER_WEIGHT_MARKERS = ("pytorch_model.bin", "latest")
+
+
+def checkpoint_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` is not a complete, resumable checkpoint folder; ``None`` when it is one.
+
+    Complete = ``trainer_state.json`` parses (the Trainer writes it after the weights, optimizer and RNG state)
+    and every ``*.safetensors`` file has a readable header that covers the whole file (catches truncation).
+    """
+    p = Path(path)
+    if not p.is_dir():
+        return "it is not a folder"
+    try:
+        json.loads((p / STATE_FILE).read_text())
+    except FileNotFoundError:
+        return f"it has no {STATE_FILE}"
+    except (OSError, ValueError) as e:
+        return f"its {STATE_FILE} is unreadable ({e})"
+    weights = sorted(p.glob("*.safetensors"))
+    if not weights and not any((p / m).exists() for m in OTHER_WEIGHT_MARKERS):
+        return "it holds no model weights"
+    for f in weights:
+        problem = safetensors_problem(f)
+        if problem:
+            return problem
+    return None
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """``None`` if ``path`` is a readable safetensors file, else why not (safetensors checks the size too)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except Exception as e:  # safetensors raises its own error types for truncated headers/data
+        return f"{path.name} is not a readable safetensors file ({e})"
+    return None
+
+
+def checkpoint_folders(output_dir: str | os.PathLike) -> list[Path]:
+    """``checkpoint-N`` folders of ``output_dir``, newest (highest N) first."""
+    out = Path(output_dir)
+    if not out.is_dir():
+        return []
+    found = [(int(m.group(1)), d) for d in out.iterdir() if (m := _CHECKPOINT_RE.match(d.name)) and d.is_dir()]
+    return [d for _, d in sorted(found, reverse=True)]
+
+
+def latest_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The newest checkpoint of ``output_dir`` that :func:`checkpoint_problem` accepts; broken ones are logged."""
+    for folder in checkpoint_folders(output_dir):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return str(folder)
+        logger.warning("skipping incomplete checkpoint %s: %s", folder, problem)
+    return None
+
+
+def remove_partials(run_dir: str | os.PathLike) -> None:
+    """Delete staging folders a killed save left behind (never picked for resume, but they take space)."""
+    for d in Path(run_dir).glob(f"{PARTIAL_PREFIX}{PREFIX_CHECKPOINT_DIR}-*"):
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def publish(staged: Path, final: Path) -> None:
+    """Move the finished ``staged`` folder to ``final``; an existing ``final`` is replaced."""
+    old = final.with_name(f"{PARTIAL_PREFIX}old-{final.name}")
+    if final.exists():
+        # A directory cannot be renamed over a non-empty one: move it aside first. A crash in between
+        # leaves no `final`, so resume falls back to the previous complete checkpoint.
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    staged.rename(final)  # atomic on POSIX within one filesystem
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(staged.parent, ignore_errors=True)
+
+
+def save_checkpoint_atomically(trainer, model, trial, save: Callable) -> None:
+    """Run the Trainer's own ``_save_checkpoint`` (``save``) into a staging folder, then publish it.
+
+    ``trainer._staging_dir`` redirects ``_get_output_dir`` (all the Trainer uses to place ``checkpoint-N``);
+    every rank writes its part (weights, optimizer shards, ``rng_state_<rank>.pth``) there; the saving
+    process renames it once all are done, fixes ``best_model_checkpoint``, and rotates old checkpoints.
+    """
+    run_dir = Path(trainer._get_output_dir(trial))
+    name = f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}"
+    staging_root = run_dir / f"{PARTIAL_PREFIX}{name}"
+    if trainer.args.should_save:
+        remove_partials(run_dir)
+    trainer.accelerator.wait_for_everyone()
+    trainer._staging_dir = str(staging_root)
+    try:
+        save(model, trial)
+    finally:
+        trainer._staging_dir = None
+    trainer.accelerator.wait_for_everyone()
+    final = run_dir / name
+    if trainer.args.should_save:
+        staged = staging_root / name
+        if trainer.state.best_model_checkpoint == str(staged):  # the Trainer recorded the staging path
+            trainer.state.best_model_checkpoint = str(final)
+            trainer.state.save_to_json(str(staged / STATE_FILE))
+        publish(staged, final)
+        rotate_checkpoints(str(run_dir), trainer.args.save_total_limit, trainer.state.best_model_checkpoint,
+                           use_mtime=True)
+    trainer.accelerator.wait_for_everyone()
+    if trainer.args.push_to_hub:
+        trainer._push_from_checkpoint(str(final))  # deferred: an async upload must not read the staging path
