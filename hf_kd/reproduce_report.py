@@ -142,8 +142,8 @@ def write_report(results: dict, out: Path) -> dict:
                          f"{f['evidence']}" for f in results["findings"])
     md = (f"# hf-kd reproduce ({results['corpus']})\n\n{teachers}\n\n{markdown_table(table)}\n\n"
           "Paper-style: the baseline's final cost / the cost from which a run *stays* at or below the baseline's "
-          "final loss. Budget frontier: cost the baselines trained at 0.5x/0.75x/1x budgets need for the run's "
-          f"final loss / the run's cost.\n\n## Findings\n{verdicts}\n")
+          "final loss. Budget frontier: cost that baselines trained with their own full schedules at several budgets "
+          f"(the `baseline_*x` rows) need for the run's final loss / the run's cost; not reached = beyond the frontier.\n\n## Findings\n{verdicts}\n")
     (out / "results.md").write_text(md)
     slim = dict(results, runs=[{k: v for k, v in r.items() if k != "log_history"} for r in results["runs"]])
     (out / "results.json").write_text(json.dumps(slim, indent=2, default=str))
