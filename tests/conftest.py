@@ -56,6 +56,19 @@ def quick_args(tmp_path, **overrides):
     return DistillationTrainingArguments(**kw)
 
 
+class ListDataset(torch.utils.data.Dataset):
+    """A list of ready examples (e.g. :func:`mlm_examples`) as a map-style dataset."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows[i]
+
+
 class ForwardCounter:
     """Forward hook that records every call of a module (teacher-call audits)."""
 
@@ -65,6 +78,16 @@ class ForwardCounter:
 
     def _hook(self, *_):
         self.calls += 1
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """Reset accelerate's process-wide singletons after a test that built an ``Accelerator``."""
+    yield
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # launched as a script by torchrun
     sys.path.insert(0, str(REPO))
 
-from tests.conftest import ForwardCounter, mlm_examples, tiny_bert  # noqa: E402
+from tests.conftest import ForwardCounter, ListDataset, mlm_examples, tiny_bert  # noqa: E402
 
 ENGINES = ("single", "ddp", "zero2", "zero3")
 
@@ -52,16 +52,6 @@ def configure_cpu_deepspeed_state() -> None:
     state = PartialState(backend="gloo")
     assert state.num_processes == int(os.environ.get("WORLD_SIZE", 1)), state
 
-
-class ListDataset(torch.utils.data.Dataset):
-    def __init__(self, rows):
-        self.rows = rows
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __getitem__(self, i):
-        return self.rows[i]
 
 
 def build_trainer(engine: str, out: Path, world_size: int, teachers: int = 1, selection: str = "mean",

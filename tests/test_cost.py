@@ -3,11 +3,10 @@
 import json
 
 import pytest
-from torch.utils.data import Dataset
 from transformers import default_data_collator
 
 from hf_kd import CostMeter, DistillationTrainer
-from tests.conftest import mlm_examples, quick_args, tiny_bert
+from tests.conftest import ListDataset, mlm_examples, quick_args, tiny_bert
 
 
 class FakeClock:
@@ -60,16 +59,6 @@ def test_state_round_trip():
     m2.load_state_dict(m.state_dict())
     assert (m2.train_seconds, m2.eval_seconds) == (7.0, 2.0)
 
-
-class ListDataset(Dataset):
-    def __init__(self, rows):
-        self.rows = rows
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __getitem__(self, i):
-        return self.rows[i]
 
 
 def test_gpu_hours_continue_after_resume(tmp_path):

@@ -1,22 +1,10 @@
 """DistillationTrainer correctness: gradient accumulation, teacher calls, eval, logging, sparse head."""
 
 import pytest
-from torch.utils.data import Dataset
 from transformers import Trainer, TrainingArguments, default_data_collator
 
 from hf_kd import DistillationTrainer
-from tests.conftest import ForwardCounter, mlm_examples, quick_args, tiny_bert
-
-
-class ListDataset(Dataset):
-    def __init__(self, rows):
-        self.rows = rows
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __getitem__(self, i):
-        return self.rows[i]
+from tests.conftest import ForwardCounter, ListDataset, mlm_examples, quick_args, tiny_bert
 
 
 def _train_one_step(tmp_path, batch, ga, teacher=None, **kw):

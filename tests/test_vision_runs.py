@@ -29,20 +29,7 @@ COST_KEYS = {"step", "epoch", "gpu_hours", "teacher_time_fraction", "train_image
              "kd_weight", "task_loss", "kd_loss", "num_eval_images"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 spinning OpenMP threads made tiny steps 30x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def _run(out: Path, *flags: str) -> dict:
@@ -65,8 +52,6 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
 def baseline(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("vision") / "baseline"
     _run(out, "--max_steps", "4", "--eval_steps", "2", "--checkpointing_steps", "2")
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
     return out
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
 
 from hf_kd.cli_utils import run_cli
 from hf_kd.teachers import TeacherLoadError
@@ -22,21 +21,7 @@ from hf_kd.vision_setup import (
 )
 from run_scripts import run_resnet_kd
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 spinning OpenMP threads made tiny steps 30x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def test_digits_split_is_stratified_and_fixed():
