@@ -169,7 +169,7 @@ def ensure_teacher(name: str, p: TinyPreset, corpus: Corpus) -> tuple[Path, dict
     trainer = train_one(replace(p, eval_every=max(p.eval_every, steps // 6)), corpus, tmp, steps, seed)
     trainer.save_model()
     meta = {"name": name, "steps": steps, "seed": seed, "gpu_hours": trainer.cost_callback.meter.gpu_hours,
-            "final_eval_loss": [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e][-1]}
+            "final_quality": [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e][-1]}
     (tmp / "teacher.json").write_text(json.dumps(meta, indent=2))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.replace(folder)  # atomic: a killed run never leaves a half-trained teacher in the cache

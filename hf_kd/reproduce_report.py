@@ -21,10 +21,24 @@ from .curves import (
 
 logger = logging.getLogger(__name__)
 COSTS = {"gpu_hours": "GPU-hours", "step": "steps"}
+# What "quality" means per task: the headline key, its direction, and a secondary key shown in the table.
+METRICS = {
+    "text": {"key": "eval_loss", "higher_is_better": False, "label": "held-out MLM loss", "secondary": "eval_accuracy",
+             "secondary_label": "masked acc."},
+    "vision": {"key": "top1", "higher_is_better": True, "label": "top-1 accuracy", "secondary": "top5",
+               "secondary_label": "top-5"},
+}
+_METRIC = dict(METRICS["text"])  # the one in use (set by write_report)
 
 
-def _curve(run: dict, cost: str, key: str = "eval_loss", hib: bool = False) -> Curve:
-    return curve_from_log_history(run["variant"], run["log_history"], key, cost, hib)
+def _curve(run: dict, cost: str) -> Curve:
+    return curve_from_log_history(run["variant"], run["log_history"], _METRIC["key"], cost,
+                                  _METRIC["higher_is_better"])
+
+
+def _better(a: float, b: float) -> bool:
+    """``a`` at least as good as ``b`` in the metric's direction."""
+    return a >= b if _METRIC["higher_is_better"] else a <= b
 
 
 def _final(run: dict, key: str) -> float | None:
@@ -43,7 +57,8 @@ def speedups(runs: list[dict]) -> dict[str, dict]:
         frontier_runs = [r for r in rs.values() if r["role"] == "frontier"] + [base]
         for name, r in rs.items():
             row = table.setdefault(name, {"role": r["role"], "per_seed": []})
-            entry = {"seed": seed, "final_loss": _final(r, "eval_loss"), "final_accuracy": _final(r, "eval_accuracy"),
+            entry = {"seed": seed, "final_quality": _final(r, _METRIC["key"]),
+                     "final_secondary": _final(r, _METRIC["secondary"]),
                      "gpu_hours": _curve(r, "gpu_hours").final_cost, "steps": r["steps"],
                      "teacher_forwards": r["teacher_forwards"]}
             for cost in COSTS:
@@ -68,11 +83,11 @@ def _fmt(stat: dict, speed: bool = False, digits: int = 3) -> str:
 
 
 def markdown_table(table: dict[str, dict]) -> str:
-    head = ("| variant | final MLM loss | masked acc. | GPU-hours | teacher fwd | paper speed-up (GPU-h) | "
-            "paper (steps) | frontier speed-up (GPU-h) | frontier (steps) |")
+    head = (f"| variant | final {_METRIC['label']} | {_METRIC['secondary_label']} | GPU-hours | teacher fwd | "
+            "paper speed-up (GPU-h) | paper (steps) | frontier speed-up (GPU-h) | frontier (steps) |")
     lines = [head, "|" + "---|" * 9]
     for name, r in table.items():
-        lines.append(f"| {name} | {_fmt(r['final_loss'], digits=4)} | {_fmt(r['final_accuracy'])} | "
+        lines.append(f"| {name} | {_fmt(r['final_quality'], digits=4)} | {_fmt(r['final_secondary'])} | "
                      f"{_fmt(r['gpu_hours'])} | {_fmt(r['teacher_forwards'])} | "
                      f"{_fmt(r['paper_speedup_gpu_hours'], True)} | {_fmt(r['paper_speedup_step'], True)} | "
                      f"{_fmt(r['frontier_speedup_gpu_hours'], True)} | {_fmt(r['frontier_speedup_step'], True)} |")
@@ -94,21 +109,22 @@ def findings(table: dict[str, dict]) -> list[dict]:
                             f"{format_speedup(_m(table, best, 'paper_speedup_gpu_hours'))}"})
     early = [n for n in ("kd_stop25", "kd_stop50") if n in table]
     if early and "kd_full" in table:
-        e_best = min(early, key=lambda n: _m(table, n, "final_loss"))
-        el, fl = _m(table, e_best, "final_loss"), _m(table, "kd_full", "final_loss")
-        out.append({"finding": "Stopping KD early is at least as good as KD throughout", "reproduced": el <= fl,
-                    "evidence": f"{e_best} final loss {el:.4f} vs kd_full {fl:.4f}; frontier speed-ups "
+        sign = -1 if _METRIC["higher_is_better"] else 1
+        e_best = min(early, key=lambda n: sign * _m(table, n, "final_quality"))
+        el, fl = _m(table, e_best, "final_quality"), _m(table, "kd_full", "final_quality")
+        out.append({"finding": "Stopping KD early is at least as good as KD throughout", "reproduced": _better(el, fl),
+                    "evidence": f"{e_best} final {_METRIC['label']} {el:.4f} vs kd_full {fl:.4f}; frontier speed-ups "
                                 f"{format_speedup(_m(table, e_best, 'frontier_speedup_gpu_hours'))} vs "
                                 f"{format_speedup(_m(table, 'kd_full', 'frontier_speedup_gpu_hours'))}"})
     if "kd_poor_teacher" in table:
-        pl, bl = _m(table, "kd_poor_teacher", "final_loss"), _m(table, "baseline", "final_loss")
-        out.append({"finding": "Even a poor teacher helps", "reproduced": pl < bl,
-                    "evidence": f"poor-teacher KD final loss {pl:.4f} vs baseline {bl:.4f}"})
+        pl, bl = _m(table, "kd_poor_teacher", "final_quality"), _m(table, "baseline", "final_quality")
+        out.append({"finding": "Even a poor teacher helps", "reproduced": _better(pl, bl) and pl != bl,
+                    "evidence": f"poor-teacher KD final {_METRIC['label']} {pl:.4f} vs baseline {bl:.4f}"})
     if "ensemble_mean" in table and "ensemble_sample" in table:
-        sl, ml = _m(table, "ensemble_sample", "final_loss"), _m(table, "ensemble_mean", "final_loss")
-        bl = _m(table, "baseline", "final_loss")
+        sl, ml = _m(table, "ensemble_sample", "final_quality"), _m(table, "ensemble_mean", "final_quality")
+        bl = _m(table, "baseline", "final_quality")
         sf, mf = _m(table, "ensemble_sample", "teacher_forwards"), _m(table, "ensemble_mean", "teacher_forwards")
-        close = abs(sl - ml) <= 0.5 * max(abs(bl - ml), 1e-9) or sl <= ml
+        close = abs(sl - ml) <= 0.5 * max(abs(bl - ml), 1e-9) or _better(sl, ml)
         out.append({"finding": "Sampling one teacher per step ~ the ensemble mean at 1/n the teacher cost",
                     "reproduced": close and sf < mf,
                     "evidence": f"sample {sl:.4f} vs mean {ml:.4f} (baseline {bl:.4f}); teacher forwards "
@@ -119,31 +135,36 @@ def findings(table: dict[str, dict]) -> list[dict]:
 def plots(runs: list[dict], out: Path) -> list[str]:
     seed0 = [r for r in runs if r["seed"] == 0]
     base = next(r for r in seed0 if r["variant"] == "baseline")
-    target = _final(base, "eval_loss")
+    target = _final(base, _METRIC["key"])
     paths = []
     for cost, label in COSTS.items():
         p = plot_curves([_curve(r, cost) for r in seed0], out / f"quality_vs_{cost}.png", xlabel=label,
-                        ylabel="held-out MLM loss (lower is better)", title=f"hf-kd reproduce: MLM loss vs {label}",
+                        ylabel=f"{_METRIC['label']} ({'higher' if _METRIC['higher_is_better'] else 'lower'} is better)",
+                        title=f"hf-kd reproduce: {_METRIC['label']} vs {label}",
                         baseline="baseline", target=target)
         paths.append(str(p))
     return paths
 
 
-def write_report(results: dict, out: Path) -> dict:
+def write_report(results: dict, out: Path, task: str = "text") -> dict:
     """Add speed-ups and findings to ``results``; write results.json, results.md and the PNGs."""
+    _METRIC.clear()
+    _METRIC.update(METRICS[task])
+    results["metric"] = dict(_METRIC)
     table = speedups(results["runs"])
     results["summary"] = table
     results["findings"] = findings(table)
     results["plots"] = plots(results["runs"], out)
-    teachers = "\n".join(f"- teacher `{n}`: {m['steps']} steps, final MLM loss {m['final_eval_loss']:.4f}, "
+    teachers = "\n".join(f"- teacher `{n}`: {m['steps']} steps, final {_METRIC['label']} "
+                         f"{m.get('final_quality', m.get('final_eval_loss', float('nan'))):.4f}, "
                          f"{m['gpu_hours']:.5f} GPU-hours (sunk: recycled checkpoints)" for n, m in
                          results["teachers"].items())
     verdicts = "\n".join(f"- {'REPRODUCED' if f['reproduced'] else 'not reproduced'}: {f['finding']} — "
                          f"{f['evidence']}" for f in results["findings"])
     md = (f"# hf-kd reproduce ({results['corpus']})\n\n{teachers}\n\n{markdown_table(table)}\n\n"
-          "Paper-style: the baseline's final cost / the cost from which a run *stays* at or below the baseline's "
-          "final loss. Budget frontier: cost that baselines trained with their own full schedules at several budgets "
-          f"(the `baseline_*x` rows) need for the run's final loss / the run's cost; not reached = beyond the frontier.\n\n## Findings\n{verdicts}\n")
+          "Paper-style: the baseline's final cost / the cost from which a run *stays* at or beyond the baseline's "
+          "final quality. Budget frontier: cost that baselines trained with their own full schedules at several budgets "
+          f"(the `baseline_*x` rows) need for the run's final quality / the run's cost; not reached = beyond the frontier.\n\n## Findings\n{verdicts}\n")
     (out / "results.md").write_text(md)
     slim = dict(results, runs=[{k: v for k, v in r.items() if k != "log_history"} for r in results["runs"]])
     (out / "results.json").write_text(json.dumps(slim, indent=2, default=str))

@@ -87,3 +87,18 @@ def test_cli_bad_input(argv, needle, capsys):
     assert cli_main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_vision_protocol_miniature(tmp_path, monkeypatch, fresh_accelerate_state):
+    from hf_kd.reproduce_vision import VisionPreset, run_vision
+
+    monkeypatch.setenv("HF_KD_CACHE", str(tmp_path / "cache"))
+    p = VisionPreset(steps=4, eval_every=2, batch_size=16, good_teacher_steps=4, second_teacher_steps=2,
+                     poor_teacher_steps=1, frontier=(0.5,))
+    res = run_vision(str(tmp_path / "out"), preset=p, only=["kd_full", "ensemble_sample", "ensemble_mean"])
+    fwd = {r["variant"]: r["teacher_forwards"] for r in res["runs"]}
+    assert fwd == {"baseline": 0, "kd_full": 4, "ensemble_sample": 4, "ensemble_mean": 12}
+    assert res["metric"]["key"] == "top1" and res["metric"]["higher_is_better"] is True
+    assert (tmp_path / "out" / "quality_vs_step.png").is_file()
+    assert "final top-1 accuracy" in (tmp_path / "out" / "results.md").read_text()
