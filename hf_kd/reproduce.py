@@ -154,27 +154,39 @@ def teacher_steps(p: TinyPreset) -> dict[str, tuple[int, int]]:
             "poor": (p.poor_teacher_steps, 103)}
 
 
+def cached_teacher(kind: str, name: str, key_parts: list, train) -> tuple[Path, dict]:
+    """``train(folder) -> meta`` once per key (the paper's "recycle"); later calls reuse the cached folder.
+
+    The folder is built under a ``.partial`` name and renamed when complete, so a killed run never leaves a
+    half-trained teacher in the cache.
+    """
+    key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:16]
+    folder = cache_root() / kind / f"{name}-{key}"
+    if (folder / "teacher.json").is_file():
+        logger.info("reusing cached teacher %s from %s", name, folder)
+        return folder, json.loads((folder / "teacher.json").read_text())
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    meta = {"name": name, **train(tmp)}
+    (tmp / "teacher.json").write_text(json.dumps(meta, indent=2))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.replace(folder)
+    return folder, meta
+
+
 def ensure_teacher(name: str, p: TinyPreset, corpus: Corpus) -> tuple[Path, dict]:
-    """Train a teacher once, cache it by (settings, corpus); later calls reuse it."""
+    """Train a text teacher once, cached by (what shapes it, corpus)."""
     steps, seed = teacher_steps(p)[name]
     # Only what shapes the teacher goes into the key, so tuning the students' KD knobs reuses it.
     shape = {k: getattr(p, k) for k in TEACHER_KEY_FIELDS}
-    key = hashlib.sha256(json.dumps([shape, steps, seed, corpus.fingerprint], sort_keys=True).encode()).hexdigest()
-    folder = cache_root() / "teachers" / f"{name}-{key[:16]}"
-    meta_file = folder / "teacher.json"
-    if meta_file.is_file():
-        logger.info("reusing cached teacher %s from %s", name, folder)
-        return folder, json.loads(meta_file.read_text())
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer = train_one(replace(p, eval_every=max(p.eval_every, steps // 6)), corpus, tmp, steps, seed)
-    trainer.save_model()
-    meta = {"name": name, "steps": steps, "seed": seed, "gpu_hours": trainer.cost_callback.meter.gpu_hours,
-            "final_quality": [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e][-1]}
-    (tmp / "teacher.json").write_text(json.dumps(meta, indent=2))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.replace(folder)  # atomic: a killed run never leaves a half-trained teacher in the cache
-    return folder, meta
+
+    def train(folder: Path) -> dict:
+        trainer = train_one(replace(p, eval_every=max(p.eval_every, steps // 6)), corpus, folder, steps, seed)
+        trainer.save_model()
+        return {"steps": steps, "seed": seed, "gpu_hours": trainer.cost_callback.meter.gpu_hours,
+                "final_quality": [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e][-1]}
+
+    return cached_teacher("teachers", name, [shape, steps, seed, corpus.fingerprint], train)
 
 
 def run_tiny(output_dir: str, corpus_path: str | None = None, seeds: int = 1, preset: TinyPreset | None = None,

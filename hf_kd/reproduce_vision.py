@@ -10,16 +10,13 @@ Quality = top-1 on the fixed validation split (higher is better); cost = cumulat
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .data import cache_root
-from .reproduce import Variant, teacher_steps, variants
+from .reproduce import Variant, cached_teacher, teacher_steps, variants
 from .reproduce_report import write_report
 
 
@@ -70,19 +67,12 @@ def ensure_vision_teacher(name: str, p: VisionPreset) -> tuple[Path, dict]:
     """Train a digits teacher once and cache its run folder (usable as ``--teacher_checkpoint``)."""
     steps, seed = teacher_steps(p)[name]
     shape = {k: getattr(p, k) for k in ("model", "batch_size", "learning_rate", "warmup_steps")}
-    key = hashlib.sha256(json.dumps([shape, steps, seed, "digits"], sort_keys=True).encode()).hexdigest()[:16]
-    folder = cache_root() / "vision_teachers" / f"{name}-{key}"
-    if (folder / "teacher.json").is_file():
-        return folder, json.loads((folder / "teacher.json").read_text())
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    res = _train(p, tmp, steps, seed)
-    meta = {"name": name, "steps": steps, "seed": seed, "gpu_hours": res["log_history"][-1]["gpu_hours"],
-            "final_quality": res["log_history"][-1]["top1"]}
-    (tmp / "teacher.json").write_text(json.dumps(meta, indent=2))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.replace(folder)  # atomic: never a half-trained teacher in the cache
-    return folder, meta
+
+    def train(folder: Path) -> dict:
+        last = _train(p, folder, steps, seed)["log_history"][-1]
+        return {"steps": steps, "seed": seed, "gpu_hours": last["gpu_hours"], "final_quality": last["top1"]}
+
+    return cached_teacher("vision_teachers", name, [shape, steps, seed, "digits"], train)
 
 
 def run_vision(output_dir: str, seeds: int = 1, preset: VisionPreset | None = None,
