@@ -27,6 +27,8 @@ class ReproduceArguments:
                                                                "with it); for quick looks, not for claims."})
     only: list[str] | None = field(default=None, metadata={"help": "Run only these variants (and the baseline)."})
     launch: bool = field(default=False, metadata={"help": "bert-base-c4: run the printed commands."})
+    rerender: bool = field(default=False, metadata={"help": "Only rebuild results.md/.json and the plots of a "
+                                                            "finished --output_dir from its runs' logs."})
 
 
 def reproduce(argv: list[str] | None = None) -> dict | None:
@@ -35,7 +37,11 @@ def reproduce(argv: list[str] | None = None) -> dict | None:
         raise UserError(f"--seeds {a.seeds} is invalid: expected an integer >= 1")
     if a.preset not in ("tiny", "bert-base-c4"):
         raise UserError(f"--preset {a.preset!r} is invalid: expected 'tiny' or 'bert-base-c4'")
-    if a.preset == "bert-base-c4":
+    if a.rerender:
+        from .reproduce_report import rerender
+
+        results = rerender(a.output_dir)
+    elif a.preset == "bert-base-c4":
         from .reproduce_scale import bert_base_c4
 
         results = bert_base_c4(a.output_dir, launch=a.launch)

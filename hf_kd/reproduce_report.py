@@ -109,13 +109,15 @@ def findings(table: dict[str, dict]) -> list[dict]:
                             f"{format_speedup(_m(table, best, 'paper_speedup_gpu_hours'))}"})
     early = [n for n in ("kd_stop25", "kd_stop50") if n in table]
     if early and "kd_full" in table:
-        sign = -1 if _METRIC["higher_is_better"] else 1
-        e_best = min(early, key=lambda n: sign * _m(table, n, "final_quality"))
-        el, fl = _m(table, e_best, "final_quality"), _m(table, "kd_full", "final_quality")
-        out.append({"finding": "Stopping KD early is at least as good as KD throughout", "reproduced": _better(el, fl),
-                    "evidence": f"{e_best} final {_METRIC['label']} {el:.4f} vs kd_full {fl:.4f}; frontier speed-ups "
-                                f"{format_speedup(_m(table, e_best, 'frontier_speedup_gpu_hours'))} vs "
-                                f"{format_speedup(_m(table, 'kd_full', 'frontier_speedup_gpu_hours'))}"})
+        # The paper's claim is about efficiency (KD for the first 20-50% gives the best speed-up), so compare the
+        # budget-frontier speed-up in GPU-hours; final quality is shown as evidence.
+        e_best = max(early, key=lambda n: _m(table, n, "frontier_speedup_gpu_hours") or 0.0)
+        es, fs = _m(table, e_best, "frontier_speedup_gpu_hours"), _m(table, "kd_full", "frontier_speedup_gpu_hours")
+        out.append({"finding": "Stopping KD early is at least as efficient as KD throughout",
+                    "reproduced": es is not None and (fs is None or es >= fs),
+                    "evidence": f"{e_best} budget-frontier speed-up {format_speedup(es)} vs kd_full "
+                                f"{format_speedup(fs)}; final {_METRIC['label']} "
+                                f"{_m(table, e_best, 'final_quality'):.4f} vs {_m(table, 'kd_full', 'final_quality'):.4f}"})
     if "kd_poor_teacher" in table:
         pl, bl = _m(table, "kd_poor_teacher", "final_quality"), _m(table, "baseline", "final_quality")
         out.append({"finding": "Even a poor teacher helps", "reproduced": _better(pl, bl) and pl != bl,
@@ -144,6 +146,20 @@ def plots(runs: list[dict], out: Path) -> list[str]:
                         baseline="baseline", target=target)
         paths.append(str(p))
     return paths
+
+
+def rerender(output_dir: str | Path) -> dict:
+    """Rebuild the report of a finished ``hf-kd reproduce`` folder from its runs' own logs."""
+    out = Path(output_dir)
+    results = json.loads((out / "results.json").read_text())
+    task = "vision" if results.get("metric", {}).get("key") == "top1" else "text"
+    for r in results["runs"]:
+        run_dir = Path(r["run_dir"])
+        if task == "text":
+            r["log_history"] = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
+        else:
+            r["log_history"] = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x]
+    return write_report(results, out, task)
 
 
 def write_report(results: dict, out: Path, task: str = "text") -> dict:

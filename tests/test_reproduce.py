@@ -24,6 +24,7 @@ def test_speedups_and_findings_on_synthetic_runs():
     runs = [
         _run("baseline", [6.0, 5.5, 5.2, 5.0], 1.0),
         _run("baseline_0.5x", [6.0, 5.4], 1.0, role="frontier"),
+        _run("baseline_2x", [6.0, 5.6, 5.3, 5.1, 4.9, 4.8, 4.7, 4.6], 1.0, role="frontier"),
         _run("kd_full", [5.6, 5.0, 4.9, 4.8], 1.5, forwards=40),  # reaches 5.0 at step 20 and stays
         _run("kd_stop50", [5.6, 5.0, 4.95, 4.7], 1.25, forwards=20),
         _run("kd_poor_teacher", [6.1, 5.7, 5.4, 5.2], 1.5, forwards=40),  # never reaches 5.0
@@ -35,12 +36,14 @@ def test_speedups_and_findings_on_synthetic_runs():
     assert t["kd_full"]["paper_speedup_step"]["mean"] == pytest.approx(2.0)
     assert t["kd_full"]["paper_speedup_gpu_hours"]["mean"] == pytest.approx(40 / 30)
     assert t["kd_poor_teacher"]["paper_speedup_step"]["mean"] is None  # not reached
-    # frontier in steps: (20, 5.4), (40, 5.0); kd_full final 4.8 is beyond the frontier -> None
-    assert t["kd_full"]["frontier_speedup_step"]["mean"] is None
+    # frontier in steps: (20, 5.4), (40, 5.0), (80, 4.6); kd_full's final 4.8 needs 60 steps / 60 GPU-h there
+    assert t["kd_full"]["frontier_speedup_step"]["mean"] == pytest.approx(60 / 40)
+    assert t["kd_full"]["frontier_speedup_gpu_hours"]["mean"] == pytest.approx(60 / 60)
+    assert t["kd_stop50"]["frontier_speedup_gpu_hours"]["mean"] == pytest.approx(70 / 50)
     # poor teacher final 5.2 -> frontier cost 20 + (5.2-5.4)/(5.0-5.4)*20 = 30 steps, run used 40
     assert t["kd_poor_teacher"]["frontier_speedup_step"]["mean"] == pytest.approx(30 / 40)
     f = {x["finding"].split()[0]: x for x in findings(t)}
-    assert f["Stopping"]["reproduced"] is True  # 4.7 <= 4.8
+    assert f["Stopping"]["reproduced"] is True  # frontier speed-up 1.4x vs 1.0x
     assert f["Even"]["reproduced"] is False  # 5.2 vs baseline 5.0
     assert f["Sampling"]["reproduced"] is True  # 4.85 vs 4.8, 40 vs 120 forwards
 
