@@ -105,3 +105,11 @@ def test_vision_protocol_miniature(tmp_path, monkeypatch, fresh_accelerate_state
     assert res["metric"]["key"] == "top1" and res["metric"]["higher_is_better"] is True
     assert (tmp_path / "out" / "quality_vs_step.png").is_file()
     assert "final top-1 accuracy" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_seeds_give_mean_and_spread():
+    runs = [_run("baseline", [6.0, 5.0], 1.0, seed=s) for s in (0, 1)]
+    runs += [_run("kd_full", [5.0, 4.9], 1.0, seed=0), _run("kd_full", [5.5, 5.0], 1.0, seed=1)]
+    t = speedups(runs)
+    # seed 0 stays <= 5.0 from step 10 (2.0x), seed 1 from step 20 (1.0x)
+    assert t["kd_full"]["paper_speedup_step"] == {"mean": pytest.approx(1.5), "std": pytest.approx(0.5**0.5), "n": 2}
