@@ -28,17 +28,17 @@ METRICS = {
     "vision": {"key": "top1", "higher_is_better": True, "label": "top-1 accuracy", "secondary": "top5",
                "secondary_label": "top-5"},
 }
-_METRIC = dict(METRICS["text"])  # the one in use (set by write_report)
+TEXT = METRICS["text"]
 
 
-def _curve(run: dict, cost: str) -> Curve:
-    return curve_from_log_history(run["variant"], run["log_history"], _METRIC["key"], cost,
-                                  _METRIC["higher_is_better"])
+def _curve(run: dict, cost: str, metric: dict) -> Curve:
+    return curve_from_log_history(run["variant"], run["log_history"], metric["key"], cost,
+                                  metric["higher_is_better"])
 
 
-def _better(a: float, b: float) -> bool:
+def _better(a: float, b: float, metric: dict) -> bool:
     """``a`` at least as good as ``b`` in the metric's direction."""
-    return a >= b if _METRIC["higher_is_better"] else a <= b
+    return a >= b if metric["higher_is_better"] else a <= b
 
 
 def _final(run: dict, key: str) -> float | None:
@@ -46,7 +46,7 @@ def _final(run: dict, key: str) -> float | None:
     return vals[-1] if vals else None
 
 
-def speedups(runs: list[dict]) -> dict[str, dict]:
+def speedups(runs: list[dict], metric: dict = TEXT) -> dict[str, dict]:
     """Per variant: speed-ups (paper-style and budget frontier; GPU-hours and steps) per seed, and finals."""
     by_seed: dict[int, dict[str, dict]] = {}
     for r in runs:
@@ -57,14 +57,14 @@ def speedups(runs: list[dict]) -> dict[str, dict]:
         frontier_runs = [r for r in rs.values() if r["role"] == "frontier"] + [base]
         for name, r in rs.items():
             row = table.setdefault(name, {"role": r["role"], "per_seed": []})
-            entry = {"seed": seed, "final_quality": _final(r, _METRIC["key"]),
-                     "final_secondary": _final(r, _METRIC["secondary"]),
-                     "gpu_hours": _curve(r, "gpu_hours").final_cost, "steps": r["steps"],
+            entry = {"seed": seed, "final_quality": _final(r, metric["key"]),
+                     "final_secondary": _final(r, metric["secondary"]),
+                     "gpu_hours": _curve(r, "gpu_hours", metric).final_cost, "steps": r["steps"],
                      "teacher_forwards": r["teacher_forwards"]}
             for cost in COSTS:
-                entry[f"paper_speedup_{cost}"] = paper_speedup(_curve(base, cost), _curve(r, cost))
-                entry[f"frontier_speedup_{cost}"] = frontier_speedup([_curve(f, cost) for f in frontier_runs],
-                                                                     _curve(r, cost))
+                entry[f"paper_speedup_{cost}"] = paper_speedup(_curve(base, cost, metric), _curve(r, cost, metric))
+                entry[f"frontier_speedup_{cost}"] = frontier_speedup([_curve(f, cost, metric) for f in frontier_runs],
+                                                                     _curve(r, cost, metric))
             row["per_seed"].append(entry)
     for row in table.values():
         for k in row["per_seed"][0]:
@@ -82,8 +82,8 @@ def _fmt(stat: dict, speed: bool = False, digits: int = 3) -> str:
     return text + (f" ± {s:.2f}" if n > 1 else "")
 
 
-def markdown_table(table: dict[str, dict]) -> str:
-    head = (f"| variant | final {_METRIC['label']} | {_METRIC['secondary_label']} | GPU-hours | teacher fwd | "
+def markdown_table(table: dict[str, dict], metric: dict = TEXT) -> str:
+    head = (f"| variant | final {metric['label']} | {metric['secondary_label']} | GPU-hours | teacher fwd | "
             "paper speed-up (GPU-h) | paper (steps) | frontier speed-up (GPU-h) | frontier (steps) |")
     lines = [head, "|" + "---|" * 9]
     for name, r in table.items():
@@ -98,7 +98,7 @@ def _m(table, name, key):
     return table.get(name, {}).get(key, {}).get("mean")
 
 
-def findings(table: dict[str, dict]) -> list[dict]:
+def findings(table: dict[str, dict], metric: dict = TEXT) -> list[dict]:
     """The paper's four findings, each with reproduced True/False/None (not run) and the evidence."""
     kd = [n for n, r in table.items() if r["role"] == "student" and n != "baseline"]
     out = []
@@ -116,17 +116,17 @@ def findings(table: dict[str, dict]) -> list[dict]:
         out.append({"finding": "Stopping KD early is at least as efficient as KD throughout",
                     "reproduced": es is not None and (fs is None or es >= fs),
                     "evidence": f"{e_best} budget-frontier speed-up {format_speedup(es)} vs kd_full "
-                                f"{format_speedup(fs)}; final {_METRIC['label']} "
+                                f"{format_speedup(fs)}; final {metric['label']} "
                                 f"{_m(table, e_best, 'final_quality'):.4f} vs {_m(table, 'kd_full', 'final_quality'):.4f}"})
     if "kd_poor_teacher" in table:
         pl, bl = _m(table, "kd_poor_teacher", "final_quality"), _m(table, "baseline", "final_quality")
-        out.append({"finding": "Even a poor teacher helps", "reproduced": _better(pl, bl) and pl != bl,
-                    "evidence": f"poor-teacher KD final {_METRIC['label']} {pl:.4f} vs baseline {bl:.4f}"})
+        out.append({"finding": "Even a poor teacher helps", "reproduced": _better(pl, bl, metric) and pl != bl,
+                    "evidence": f"poor-teacher KD final {metric['label']} {pl:.4f} vs baseline {bl:.4f}"})
     if "ensemble_mean" in table and "ensemble_sample" in table:
         sl, ml = _m(table, "ensemble_sample", "final_quality"), _m(table, "ensemble_mean", "final_quality")
         bl = _m(table, "baseline", "final_quality")
         sf, mf = _m(table, "ensemble_sample", "teacher_forwards"), _m(table, "ensemble_mean", "teacher_forwards")
-        close = abs(sl - ml) <= 0.5 * max(abs(bl - ml), 1e-9) or _better(sl, ml)
+        close = abs(sl - ml) <= 0.5 * max(abs(bl - ml), 1e-9) or _better(sl, ml, metric)
         out.append({"finding": "Sampling one teacher per step ~ the ensemble mean at 1/n the teacher cost",
                     "reproduced": close and sf < mf,
                     "evidence": f"sample {sl:.4f} vs mean {ml:.4f} (baseline {bl:.4f}); teacher forwards "
@@ -134,15 +134,15 @@ def findings(table: dict[str, dict]) -> list[dict]:
     return out
 
 
-def plots(runs: list[dict], out: Path) -> list[str]:
+def plots(runs: list[dict], out: Path, metric: dict = TEXT) -> list[str]:
     seed0 = [r for r in runs if r["seed"] == 0]
     base = next(r for r in seed0 if r["variant"] == "baseline")
-    target = _final(base, _METRIC["key"])
+    target = _final(base, metric["key"])
     paths = []
     for cost, label in COSTS.items():
-        p = plot_curves([_curve(r, cost) for r in seed0], out / f"quality_vs_{cost}.png", xlabel=label,
-                        ylabel=f"{_METRIC['label']} ({'higher' if _METRIC['higher_is_better'] else 'lower'} is better)",
-                        title=f"hf-kd reproduce: {_METRIC['label']} vs {label}",
+        p = plot_curves([_curve(r, cost, metric) for r in seed0], out / f"quality_vs_{cost}.png", xlabel=label,
+                        ylabel=f"{metric['label']} ({'higher' if metric['higher_is_better'] else 'lower'} is better)",
+                        title=f"hf-kd reproduce: {metric['label']} vs {label}",
                         baseline="baseline", target=target)
         paths.append(str(p))
     return paths
@@ -164,20 +164,19 @@ def rerender(output_dir: str | Path) -> dict:
 
 def write_report(results: dict, out: Path, task: str = "text") -> dict:
     """Add speed-ups and findings to ``results``; write results.json, results.md and the PNGs."""
-    _METRIC.clear()
-    _METRIC.update(METRICS[task])
-    results["metric"] = dict(_METRIC)
-    table = speedups(results["runs"])
+    metric = METRICS[task]
+    results["metric"] = dict(metric)
+    table = speedups(results["runs"], metric)
     results["summary"] = table
-    results["findings"] = findings(table)
-    results["plots"] = plots(results["runs"], out)
-    teachers = "\n".join(f"- teacher `{n}`: {m['steps']} steps, final {_METRIC['label']} "
+    results["findings"] = findings(table, metric)
+    results["plots"] = plots(results["runs"], out, metric)
+    teachers = "\n".join(f"- teacher `{n}`: {m['steps']} steps, final {metric['label']} "
                          f"{m.get('final_quality', m.get('final_eval_loss', float('nan'))):.4f}, "
                          f"{m['gpu_hours']:.5f} GPU-hours (sunk: recycled checkpoints)" for n, m in
                          results["teachers"].items())
     verdicts = "\n".join(f"- {'REPRODUCED' if f['reproduced'] else 'not reproduced'}: {f['finding']} — "
                          f"{f['evidence']}" for f in results["findings"])
-    md = (f"# hf-kd reproduce ({results['corpus']})\n\n{teachers}\n\n{markdown_table(table)}\n\n"
+    md = (f"# hf-kd reproduce ({results['corpus']})\n\n{teachers}\n\n{markdown_table(table, metric)}\n\n"
           "Paper-style: the baseline's final cost / the cost from which a run *stays* at or beyond the baseline's "
           "final quality. Budget frontier: cost that baselines trained with their own full schedules at several budgets "
           f"(the `baseline_*x` rows) need for the run's final quality / the run's cost; not reached = beyond the frontier.\n\n## Findings\n{verdicts}\n")
