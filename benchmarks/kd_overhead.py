@@ -30,7 +30,7 @@ import torch
 from transformers import BertConfig, BertForMaskedLM
 
 from hf_kd import DistillationTrainer
-from hf_kd.models import PRESET_SHAPES
+from hf_kd.text.models import PRESET_SHAPES
 
 VARIANTS = ("baseline", "kd", "after_cutoff", "baseline_full", "kd_full")
 

@@ -4,7 +4,7 @@
     python benchmarks/resnet_kd_overhead.py --student resnet50 --teacher resnet101 --image_size 224 \
         --batch 64 --device cuda --mixed_precision bf16                  # the ImageNet pair on a GPU
 
-Every variant runs the library's own optimizer step (:class:`hf_kd.vision_loop.KDStep`, the one the training loop
+Every variant runs the library's own optimizer step (:class:`hf_kd.vision.loop.KDStep`, the one the training loop
 uses) on the same fixed batch, timed interleaved (round-robin, median of ``--reps`` rounds) so machine noise hits
 all alike:
 
@@ -27,8 +27,8 @@ import torch
 from accelerate import Accelerator
 from torch.utils.flop_counter import FlopCounterMode
 
-from hf_kd.vision_loop import KDStep
-from hf_kd.vision_setup import build_model
+from hf_kd.vision.loop import KDStep
+from hf_kd.vision.setup import build_model
 
 VARIANTS = ("baseline", "kd", "after_cutoff")
 

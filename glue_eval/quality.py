@@ -3,7 +3,7 @@
 A :class:`Point` is one quality value of one (run, checkpoint, seed) at a pretraining cost. The quality is
 the GLUE average (``metric="glue"``, BERT convention, see ``glue_eval.metrics``) or any scalar column of the
 results lines (top-level like ``score`` or inside ``metrics`` like ``accuracy``, ``eval_loss``; averaged over
-the tasks present), or any key of the runs' ``trainer_state.json`` log (``eval_loss``) via ``hf_kd.curves``::
+the tasks present), or any key of the runs' ``trainer_state.json`` log (``eval_loss``) via ``hf_kd.core.curves``::
 
     from glue_eval.quality import points_from_results
     points, note = points_from_results(records, metric="glue", cost_key="gpu_hours")
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hf_kd.curves import Curve, curve_from_trainer_state, mean_std
+from hf_kd.core.curves import Curve, curve_from_trainer_state, mean_std
 
 from .metrics import glue_average
 from .tasks import resolve_tasks

@@ -16,7 +16,7 @@ Budget frontier (baselines trained with full schedules at several budgets)::
     python -m glue_eval.report glue/results.jsonl --baseline base-100k --frontier base-25k base-50k base-100k \\
         --output_dir glue/report
 
-Speed-ups come from ``hf_kd.curves`` (paper-style sustained crossing; budget frontier); the spread is the
+Speed-ups come from ``hf_kd.core.curves`` (paper-style sustained crossing; budget frontier); the spread is the
 mean ± std of the speed-ups computed per fine-tuning seed (seed i of a run against seed i of the baseline).
 Writes ``report.md``, ``table.csv``, ``speedups.csv``, ``curves.png``, ``report.json`` in ``--output_dir``.
 """
@@ -30,8 +30,15 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from hf_kd.cli_utils import parse_args, run_cli
-from hf_kd.curves import format_speedup, frontier_speedup, mean_std, paper_speedup, plot_curves, sustained_crossing_cost
+from hf_kd.core.cli_utils import parse_args, run_cli
+from hf_kd.core.curves import (
+    format_speedup,
+    frontier_speedup,
+    mean_std,
+    paper_speedup,
+    plot_curves,
+    sustained_crossing_cost,
+)
 
 from .quality import mean_curves, points_from_results, points_from_runs, seed_curves, table_rows
 from .results import read_records

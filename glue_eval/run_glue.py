@@ -22,8 +22,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hf_kd.cli_utils import parse_args, run_cli
-from hf_kd.curves import mean_std
+from hf_kd.core.cli_utils import parse_args, run_cli
+from hf_kd.core.curves import mean_std
 
 from .finetune import FinetuneArguments, evaluate_model
 from .metrics import glue_average

@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hf_kd.cli_utils import parse_args, run_cli
+from hf_kd.core.cli_utils import parse_args, run_cli
 
 from .finetune import FinetuneArguments, evaluate_model
 from .results import ResultsFile

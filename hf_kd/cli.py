@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from .cli_utils import UserError, parse_args, run_cli
+from .core.cli_utils import UserError, parse_args, run_cli
 
 
 @dataclass
@@ -38,21 +38,21 @@ def reproduce(argv: list[str] | None = None) -> dict | None:
     if a.preset not in ("tiny", "bert-base-c4"):
         raise UserError(f"--preset {a.preset!r} is invalid: expected 'tiny' or 'bert-base-c4'")
     if a.rerender:
-        from .reproduce_report import rerender
+        from .reproduce.report import rerender
 
         results = rerender(a.output_dir)
     elif a.preset == "bert-base-c4":
-        from .reproduce_scale import bert_base_c4
+        from .reproduce.scale import bert_base_c4
 
         results = bert_base_c4(a.output_dir, launch=a.launch)
     elif a.task == "vision":
-        from .reproduce_vision import run_vision
+        from .reproduce.vision import run_vision
 
         results = run_vision(a.output_dir, seeds=a.seeds)
     elif a.task == "text":
         from dataclasses import replace
 
-        from .reproduce import TinyPreset, run_tiny
+        from .reproduce.text import TinyPreset, run_tiny
 
         p = TinyPreset()
         if a.steps:

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import sys
 
-from hf_kd.cli_utils import parse_args, run_cli
-from hf_kd.config import DistillationTrainingArguments
-from hf_kd.pretrain import run_pretraining
-from hf_kd.script_args import DataArguments, ModelArguments
+from hf_kd.core.cli_utils import parse_args, run_cli
+from hf_kd.text.config import DistillationTrainingArguments
+from hf_kd.text.pretrain import run_pretraining
+from hf_kd.text.script_args import DataArguments, ModelArguments
 
 
 def main(argv: list[str] | None = None) -> dict:

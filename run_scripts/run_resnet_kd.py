@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import sys
 
-from hf_kd.cli_utils import parse_args, run_cli
-from hf_kd.vision_data import VisionDataArguments
-from hf_kd.vision_loop import run_vision_training
-from hf_kd.vision_setup import VisionModelArguments, VisionTrainingArguments
+from hf_kd.core.cli_utils import parse_args, run_cli
+from hf_kd.vision.data import VisionDataArguments
+from hf_kd.vision.loop import run_vision_training
+from hf_kd.vision.setup import VisionModelArguments, VisionTrainingArguments
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -96,7 +96,7 @@ def partition_share(teacher: torch.nn.Module) -> float:
 
 def report(trainer) -> dict:
     """What the tests compare across ranks and against the single-process run."""
-    from hf_kd.distributed import engine_name
+    from hf_kd.core.distributed import engine_name
 
     return {
         "rank": trainer.args.process_index,

@@ -1,6 +1,6 @@
 """Bad input: every case ends in one ``error: ...`` line naming the bad value, exit status 2, and no file touched.
 
-Cases run ``run_mlm_kd.main(argv)`` under ``hf_kd.cli_utils.run_cli`` in-process (fast); two real subprocesses
+Cases run ``run_mlm_kd.main(argv)`` under ``hf_kd.core.cli_utils.run_cli`` in-process (fast); two real subprocesses
 check the exit status and that stderr is one line without a traceback. The helpers here (a synthetic corpus,
 tiny teachers, the script runner) are shared with ``test_safe_loading.py`` and ``test_resume.py``.
 """
@@ -44,8 +44,8 @@ class KDEnv:
 
 
 def build_env(root: Path) -> KDEnv:
-    from hf_kd.data import load_raw_splits, text_sample, train_wordpiece_tokenizer
-    from hf_kd.script_args import DataArguments
+    from hf_kd.text.data import load_raw_splits, text_sample, train_wordpiece_tokenizer
+    from hf_kd.text.script_args import DataArguments
 
     inputs, cache = root / "inputs", root / "cache"
     inputs.mkdir(parents=True)
@@ -84,7 +84,7 @@ def script_args(env: KDEnv, out: Path, *extra: str, max_steps: int = 2) -> list[
 
 def run_script(argv: list[str], capsys) -> tuple[int, str]:
     """``run_mlm_kd.py argv`` in-process as the console would run it: (exit status, stderr)."""
-    from hf_kd.cli_utils import run_cli
+    from hf_kd.core.cli_utils import run_cli
     from run_scripts.run_mlm_kd import main
 
     capsys.readouterr()
@@ -258,7 +258,7 @@ def _glue_main():
 def test_glue_bad_input(tmp_path, capsys, case):
     main = _glue_main()
     from glue_eval.testing import tiny_checkpoint, write_glue_fixture
-    from hf_kd.cli_utils import run_cli
+    from hf_kd.core.cli_utils import run_cli
 
     ckpt, glue = tiny_checkpoint(tmp_path / "ckpt"), write_glue_fixture(tmp_path / "glue", tasks=["rte"])
     if case == "missing_split":

@@ -127,7 +127,7 @@ def test_accelerate_configs_parse(name, machines, processes):
 
 
 def test_teacher_zero3_config_has_no_optimizer_or_auto():
-    from hf_kd.distributed import teacher_zero3_config
+    from hf_kd.core.distributed import teacher_zero3_config
 
     student = json.loads((REPO / "ds_configs" / "zero3_offload.json").read_text())
     student.update(train_batch_size=8, train_micro_batch_size_per_gpu=4, gradient_accumulation_steps=1)
@@ -146,7 +146,7 @@ def test_teacher_zero3_config_has_no_optimizer_or_auto():
 def test_non_zero3_engines_replicate_the_teacher(distributed_type, processes, name):
     from accelerate.utils import DistributedType
 
-    from hf_kd.distributed import engine_name, prepare_teachers
+    from hf_kd.core.distributed import engine_name, prepare_teachers
 
     accelerator = SimpleNamespace(distributed_type=getattr(DistributedType, distributed_type),
                                   num_processes=processes, state=SimpleNamespace())

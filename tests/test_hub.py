@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from hf_kd.cli_utils import run_cli
-from hf_kd.hub import HubPushError, push_folder
+from hf_kd.core.cli_utils import run_cli
+from hf_kd.core.hub import HubPushError, push_folder
 from run_scripts.run_mlm_kd import main
 
 FAKE_TOKEN = "hf_FAKEtoken0123456789abcdefXYZ"

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from hf_kd.losses import ce_sum, distillation_loss, kd_divergence_per_position, teacher_log_probs
+from hf_kd.core.losses import ce_sum, distillation_loss, kd_divergence_per_position, teacher_log_probs
 
 
 def _logits(n=6, v=11, seed=0, scale=3.0):

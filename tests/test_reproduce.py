@@ -6,8 +6,8 @@ from dataclasses import replace
 import pytest
 
 from hf_kd.cli import main as cli_main
-from hf_kd.reproduce import TinyPreset, run_tiny
-from hf_kd.reproduce_report import findings, speedups
+from hf_kd.reproduce.report import findings, speedups
+from hf_kd.reproduce.text import TinyPreset, run_tiny
 
 
 def _run(variant, losses, hours_per_step, steps_per_eval=10, role="student", seed=0, forwards=0):
@@ -94,7 +94,7 @@ def test_cli_bad_input(argv, needle, capsys):
 
 @pytest.mark.slow
 def test_vision_protocol_miniature(tmp_path, monkeypatch, fresh_accelerate_state):
-    from hf_kd.reproduce_vision import VisionPreset, run_vision
+    from hf_kd.reproduce.vision import VisionPreset, run_vision
 
     monkeypatch.setenv("HF_KD_CACHE", str(tmp_path / "cache"))
     p = VisionPreset(steps=4, eval_every=2, batch_size=16, good_teacher_steps=4, second_teacher_steps=2,

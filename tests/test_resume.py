@@ -19,8 +19,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hf_kd.checkpointing import checkpoint_problem, latest_complete_checkpoint
-from hf_kd.schedule import teacher_indices
+from hf_kd.core.checkpointing import checkpoint_problem, latest_complete_checkpoint
+from hf_kd.core.schedule import teacher_indices
 from tests.conftest import REPO
 from tests.test_bad_input import build_env, error_lines, run_script, script_args, tiny_model, truncate
 
@@ -151,7 +151,7 @@ def test_kill_and_resume_three_times_equals_uninterrupted_run(env, tmp_path, cap
 @pytest.fixture(scope="module")
 def two_checkpoints(env, tmp_path_factory) -> Path:
     """A finished 2-step run with checkpoint-1 and checkpoint-2 (copy it before damaging anything)."""
-    from hf_kd.cli_utils import run_cli
+    from hf_kd.core.cli_utils import run_cli
     from run_scripts.run_mlm_kd import main
 
     out = tmp_path_factory.mktemp("two_checkpoints") / "out"
@@ -186,7 +186,7 @@ def test_latest_skips_a_half_written_checkpoint(env, two_checkpoints, tmp_path, 
 
 def test_save_is_staged_then_renamed(env, tmp_path, capsys, monkeypatch):
     """While the Trainer writes a checkpoint, no ``checkpoint-N`` folder exists; a crash leaves only staging."""
-    import hf_kd.checkpointing as ck
+    import hf_kd.core.checkpointing as ck
 
     seen = []
     real_publish = ck.publish
@@ -217,7 +217,7 @@ def test_rotation_still_works(env, tmp_path, capsys):
 # -- non-finite loss -------------------------------------------------------------------------------------------
 def nan_at_step(monkeypatch, step: int) -> None:
     """Make the student's logits NaN in the training forward of optimizer step ``step`` (0-based, GA = 1)."""
-    import hf_kd.pretrain as pretrain
+    import hf_kd.text.pretrain as pretrain
 
     real_build = pretrain.build_student
 

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM
 
 from hf_kd import DistillationTrainingArguments
-from hf_kd.teachers import TeacherLoadError, load_pretrained, load_state_dict_file
+from hf_kd.core.teachers import TeacherLoadError, load_pretrained, load_state_dict_file
 from tests.test_bad_input import build_env, error_lines, run_script, script_args, snapshot, tiny_model
 
 T = "--teacher_model_name_or_path"
@@ -145,7 +145,7 @@ def test_teacher_trust_remote_code_is_an_explicit_flag(env, tmp_path, monkeypatc
         raise OSError("stop here")
 
     monkeypatch.setattr(AutoModelForMaskedLM, "from_pretrained", fake_from_pretrained)
-    from hf_kd.trainer import load_teachers
+    from hf_kd.text.trainer import load_teachers
 
     model = tiny_model(tmp_path / "model", env.vocab_size)
     for flag in (False, True):

@@ -2,7 +2,7 @@ from collections import Counter
 
 import pytest
 
-from hf_kd.schedule import kd_is_active, kd_weight, resolve_kd_stop_step, teacher_indices
+from hf_kd.core.schedule import kd_is_active, kd_weight, resolve_kd_stop_step, teacher_indices
 
 
 def test_stop_step_forms():

@@ -84,7 +84,7 @@ def test_sample_calls_one_teacher_per_step(tmp_path):
         by_step.setdefault(step, set()).add(idx)
     assert sorted(by_step) == list(range(6))
     assert all(len(v) == 1 for v in by_step.values())  # micro-batches of one step share the teacher
-    from hf_kd.schedule import teacher_indices
+    from hf_kd.core.schedule import teacher_indices
 
     assert all(by_step[s] == set(teacher_indices(s, 3, "sample", seed=0)) for s in by_step)
 

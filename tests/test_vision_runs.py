@@ -17,9 +17,9 @@ import torch
 from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file
 
-import hf_kd.vision_loop as vision_loop
-from hf_kd.cli_utils import run_cli
-from hf_kd.schedule import teacher_indices
+import hf_kd.vision.loop as vision_loop
+from hf_kd.core.cli_utils import run_cli
+from hf_kd.core.schedule import teacher_indices
 from run_scripts import run_resnet_kd
 
 REPO = Path(__file__).resolve().parents[1]

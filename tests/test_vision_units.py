@@ -6,11 +6,11 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from hf_kd.cli_utils import run_cli
-from hf_kd.teachers import TeacherLoadError
-from hf_kd.vision_data import EpochShuffleSampler, VisionDataArguments, load_digits_splits
-from hf_kd.vision_loop import KDStep
-from hf_kd.vision_setup import (
+from hf_kd.core.cli_utils import run_cli
+from hf_kd.core.teachers import TeacherLoadError
+from hf_kd.vision.data import EpochShuffleSampler, VisionDataArguments, load_digits_splits
+from hf_kd.vision.loop import KDStep
+from hf_kd.vision.setup import (
     VisionModelArguments,
     VisionTrainingArguments,
     build_model,

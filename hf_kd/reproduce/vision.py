@@ -16,8 +16,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .reproduce import Variant, cached_teacher, teacher_steps, variants
-from .reproduce_report import write_report
+from .report import write_report
+from .text import Variant, cached_teacher, teacher_steps, variants
 
 
 @dataclass(frozen=True)
@@ -40,9 +40,9 @@ def _train(p: VisionPreset, out: Path, steps: int, seed: int, teacher_dirs=(), v
     """One run in this process; returns its metrics rows and the measured number of teacher forwards."""
     from accelerate.state import AcceleratorState, GradientState
 
-    from .vision_data import VisionDataArguments
-    from .vision_loop import VisionRun
-    from .vision_setup import VisionModelArguments, VisionTrainingArguments
+    from ..vision.data import VisionDataArguments
+    from ..vision.loop import VisionRun
+    from ..vision.setup import VisionModelArguments, VisionTrainingArguments
 
     args = VisionTrainingArguments(
         output_dir=str(out), overwrite_output_dir=True, seed=seed, max_steps=steps,

@@ -11,20 +11,15 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from .data import DataError
+from .errors import DataError, NonFiniteLossError, UserError
 from .hub import HubPushError
 from .teachers import TeacherLoadError
-from .trainer import NonFiniteLossError
 
 logger = logging.getLogger("hf_kd")
 
 # Errors caused by what the user passed: reported as one line, exit status 2, no traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, DataError, TeacherLoadError, json.JSONDecodeError,
                HubPushError)
-
-
-class UserError(ValueError):
-    """A bad flag value or input file, reported in one line."""
 
 
 class _OneLineErrorParser(HfArgumentParser):

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
-from .data import DataError
+from ..core.errors import DataError
 
 logger = logging.getLogger(__name__)
 

@@ -26,11 +26,11 @@ import torch
 import transformers
 from tqdm.auto import tqdm
 
-from .config import DistillationTrainingArguments
-from .data import cache_root, tokenize_and_chunk, train_wordpiece_tokenizer
-from .masking import PremaskedAwareCollator, premask
-from .models import preset_config
-from .trainer import DistillationTrainer
+from ..text.config import DistillationTrainingArguments
+from ..text.data import cache_root, tokenize_and_chunk, train_wordpiece_tokenizer
+from ..text.masking import PremaskedAwareCollator, premask
+from ..text.models import preset_config
+from ..text.trainer import DistillationTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +93,8 @@ class Corpus:
 
 def load_corpus(p: TinyPreset, corpus_path: str | None) -> Corpus:
     """Tokenizer + chunked train and fixed-mask validation sets for the built-in corpus or ``corpus_path``."""
-    from .data import load_raw_splits, text_sample
-    from .script_args import DataArguments
+    from ..text.data import load_raw_splits, text_sample
+    from ..text.script_args import DataArguments
 
     data_args = DataArguments(train_file=corpus_path) if corpus_path else DataArguments()
     train_raw, val_raw = load_raw_splits(data_args)
@@ -143,7 +143,7 @@ def train_one(p: TinyPreset, corpus: Corpus, out: Path, steps: int, seed: int, t
 
 
 def _accuracy(eval_pred):
-    from .pretrain import mlm_accuracy
+    from ..text.pretrain import mlm_accuracy
 
     return mlm_accuracy(eval_pred)
 
@@ -192,7 +192,7 @@ def ensure_teacher(name: str, p: TinyPreset, corpus: Corpus) -> tuple[Path, dict
 def run_tiny(output_dir: str, corpus_path: str | None = None, seeds: int = 1, preset: TinyPreset | None = None,
              only: list[str] | None = None) -> dict:
     """Run the whole tiny protocol; returns the results dict (also written to ``output_dir``)."""
-    from .reproduce_report import write_report
+    from .report import write_report
 
     p = preset or TinyPreset()
     out = Path(output_dir)

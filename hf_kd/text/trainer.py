@@ -24,21 +24,18 @@ from collections.abc import Sequence
 import torch
 from transformers import AutoModelForMaskedLM, Trainer
 
-from .callbacks import CostCallback, PreOptimizerStepHook
-from .checkpointing import latest_complete_checkpoint, save_checkpoint_atomically
+from ..core.callbacks import CostCallback, PreOptimizerStepHook
+from ..core.checkpointing import latest_complete_checkpoint, save_checkpoint_atomically
+from ..core.errors import NonFiniteLossError
+from ..core.losses import IGNORE_INDEX, distillation_loss
+from ..core.schedule import kd_is_active, kd_weight, resolve_kd_stop_step, teacher_indices
+from ..core.teachers import check_teacher_vocab, freeze_teacher, load_pretrained, release_teachers
 from .config import DistillationTrainingArguments
-from .losses import IGNORE_INDEX, distillation_loss
-from .schedule import kd_is_active, kd_weight, resolve_kd_stop_step, teacher_indices
 from .sparse_head import SparseHead
-from .teachers import check_teacher_vocab, freeze_teacher, load_pretrained, release_teachers
 
 logger = logging.getLogger(__name__)
 
 TeacherSpec = torch.nn.Module | str | Sequence[torch.nn.Module | str] | None
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN/inf (``on_nonfinite_loss="stop"``)."""
 
 
 def _teacher_dtype(args: DistillationTrainingArguments) -> torch.dtype | None:
@@ -110,7 +107,7 @@ class DistillationTrainer(Trainer):
 
     # -- teachers ---------------------------------------------------------------------------------------
     def _prepare_teachers(self) -> None:
-        from .distributed import prepare_teachers  # one place for per-engine teacher placement
+        from ..core.distributed import prepare_teachers  # one place for per-engine teacher placement
 
         self.teachers = prepare_teachers(self.teachers, self.accelerator, self.args, _teacher_dtype(self.args))
         for t in self.teachers:
@@ -231,7 +228,7 @@ class DistillationTrainer(Trainer):
                                           if self.is_deepspeed_enabled else "")
         )
 
-    # -- checkpoints: staged, then published by one rename (hf_kd.checkpointing) ---------------------------
+    # -- checkpoints: staged, then published by one rename (hf_kd.core.checkpointing) ---------------------------
     def _get_output_dir(self, trial) -> str:
         return self._staging_dir or super()._get_output_dir(trial)
 

@@ -12,7 +12,7 @@ and must not join gradient synchronisation). :func:`prepare_teachers` decides, p
 
 ZeRO-3 rule: gathering a partitioned parameter is a collective, so every rank must run the *same* teachers'
 forwards on *every* KD step. That holds by construction -- the KD cutoff depends only on the global step and
-``kd_teacher_selection="sample"`` is a pure function of (seed, step) (:mod:`hf_kd.schedule`) -- and the
+``kd_teacher_selection="sample"`` is a pure function of (seed, step) (:mod:`hf_kd.core.schedule`) -- and the
 distributed tests check it per rank. Teachers loaded by path while a stage-3 ``HfDeepSpeedConfig`` is alive
 (``--deepspeed zero3.json``) are already built partitioned by ``from_pretrained`` (``deepspeed.zero.Init``),
 so they never materialise whole on one device.
@@ -58,7 +58,7 @@ def prepare_teachers(teachers: Sequence[torch.nn.Module], accelerator, args, dty
     """Place each teacher for the engine ``accelerator`` runs (table above); returns the modules to call.
 
     A returned ZeRO-3 teacher is a ``DeepSpeedEngine``; its model is ``.module`` (which
-    :func:`hf_kd.sparse_head.find_mlm_head` looks through) and calling it runs the partitioned forward.
+    :func:`hf_kd.text.sparse_head.find_mlm_head` looks through) and calling it runs the partitioned forward.
     """
     engine = engine_name(accelerator)
     if engine == "deepspeed-zero3":

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from .config import DistillationTrainingArguments, validate_kd_fields
-from .schedule import resolve_kd_stop_step
-from .teachers import TeacherLoadError, load_state_dict_file
+from ..core.kd_args import kd_field, validate_kd_fields
+from ..core.schedule import resolve_kd_stop_step
+from ..core.teachers import TeacherLoadError, load_state_dict_file
 
 logger = logging.getLogger(__name__)
 
@@ -176,17 +176,8 @@ def save_model_dir(state_dict: dict[str, torch.Tensor], output_dir: str | Path, 
 
 
 # -- training arguments ------------------------------------------------------------------------------------------
-_TEXT_FIELDS = {f.name: f for f in dataclasses.fields(DistillationTrainingArguments)}
 LR_SCHEDULERS = ("cosine", "step", "constant")
 MIXED_PRECISION = ("no", "fp16", "bf16")
-
-
-def _kd_field(name: str, help: str | None = None):
-    """The text trainer's KD field (same default and help): one meaning of each kd_* flag."""
-    f = _TEXT_FIELDS[name]
-    # argparse %-formats help strings: a literal "%" (e.g. "20-50%") must be doubled or --help crashes.
-    text = (help or f.metadata["help"]).replace("%%", "%").replace("%", "%%")
-    return field(default=f.default, metadata={**f.metadata, "help": text})
 
 
 def _help(text: str, **kw) -> dict:
@@ -223,13 +214,13 @@ class VisionTrainingArguments:
     lr_step_epochs: list[int] = field(default_factory=lambda: [30, 60, 80], metadata=_help(
         "Step schedule: epochs at which the LR is multiplied by lr_step_gamma."))
     lr_step_gamma: float = field(default=0.1, metadata=_help("Step schedule decay factor."))
-    kd_alpha: float = _kd_field("kd_alpha", "Weight of the KD term in [0, 1]; the hard-label loss gets 1 - kd_alpha "
+    kd_alpha: float = kd_field("kd_alpha", "Weight of the KD term in [0, 1]; the hard-label loss gets 1 - kd_alpha "
                                 "(default as in the text trainer and the paper's code).")
-    kd_temperature: float = _kd_field("kd_temperature")
-    kd_stop_ratio: float | None = _kd_field("kd_stop_ratio")
-    kd_stop_steps: int | None = _kd_field("kd_stop_steps")
-    kd_teacher_selection: str = _kd_field("kd_teacher_selection")
-    kd_divergence: str = _kd_field("kd_divergence")
+    kd_temperature: float = kd_field("kd_temperature")
+    kd_stop_ratio: float | None = kd_field("kd_stop_ratio")
+    kd_stop_steps: int | None = kd_field("kd_stop_steps")
+    kd_teacher_selection: str = kd_field("kd_teacher_selection")
+    kd_divergence: str = kd_field("kd_divergence")
     eval_steps: int | None = field(default=None, metadata=_help(
         "Also evaluate every N optimizer steps (always at each epoch end and at the last step)."))
     checkpointing_steps: int | None = field(default=None, metadata=_help(

@@ -11,7 +11,7 @@ Keys it adds to every training log line (so they land in ``log_history`` and in 
 | ``train_tokens_per_second`` | tokens (non-padding) per second since the last log, summed over ranks |
 
 Evaluation lines get ``gpu_hours`` too, so quality curves pair with cost without searching.
-The accounting itself is :class:`hf_kd.cost.CostMeter`, shared with the vision loop. Training time is
+The accounting itself is :class:`hf_kd.core.cost.CostMeter`, shared with the vision loop. Training time is
 the time between consecutive optimizer-step ends (data loading included), minus evaluation.
 On resume the seconds saved with the checkpoint (``stateful_callbacks``) are restored and continued.
 """

@@ -26,14 +26,14 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 
-from .cli_utils import UserError
-from .cost import CostMeter
-from .losses import distillation_loss
-from .schedule import kd_is_active, kd_weight, teacher_indices
-from .teachers import check_teacher_vocab, freeze_teacher, release_teachers
-from .trainer import NonFiniteLossError
-from .vision_data import VisionDataArguments, build_dataloaders, build_datasets
-from .vision_setup import (
+from ..core.cli_utils import UserError
+from ..core.cost import CostMeter
+from ..core.errors import NonFiniteLossError
+from ..core.losses import distillation_loss
+from ..core.schedule import kd_is_active, kd_weight, teacher_indices
+from ..core.teachers import check_teacher_vocab, freeze_teacher, release_teachers
+from .data import VisionDataArguments, build_dataloaders, build_datasets
+from .setup import (
     VisionModelArguments,
     VisionTrainingArguments,
     build_lr_scheduler,

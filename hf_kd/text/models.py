@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from transformers import AutoConfig, AutoModelForMaskedLM, BertConfig
 
+from ..core.teachers import TeacherLoadError, load_pretrained
 from .script_args import MODEL_PRESETS, ModelArguments
-from .teachers import TeacherLoadError, load_pretrained
 
 # (layers, hidden, heads): the BERT miniatures of Turc et al. 2019 plus BERT-base; FFN = 4 x hidden.
 PRESET_SHAPES = {"tiny": (2, 128, 2), "mini": (4, 256, 4), "small": (4, 512, 8), "medium": (8, 512, 8),

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from transformers import DataCollatorForLanguageModeling
 
+from ..core.errors import DataError
 from .corpus import builtin_splits, corpus_fingerprint
 from .script_args import DataArguments
 
@@ -25,10 +26,6 @@ logger = logging.getLogger(__name__)
 LOCAL_BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".csv": "csv",
                   ".parquet": "parquet"}
 UTF8_CHECK_BYTES = 64 * 2**20
-
-
-class DataError(ValueError):
-    """Bad data input (missing file, wrong format, empty, too short)."""
 
 
 def cache_root() -> Path:

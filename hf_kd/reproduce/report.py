@@ -1,6 +1,6 @@
 """Turn ``hf-kd reproduce`` runs into speed-ups, a table, plots and a verdict per paper finding.
 
-All curve/speed-up/plot math is :mod:`hf_kd.curves` (shared with ``glue_eval.report``).
+All curve/speed-up/plot math is :mod:`hf_kd.core.curves` (shared with ``glue_eval.report``).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import json
 import logging
 from pathlib import Path
 
-from .curves import (
+from ..core.curves import (
     Curve,
     curve_from_log_history,
     format_speedup,

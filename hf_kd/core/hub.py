@@ -57,7 +57,7 @@ def training_data(data_args) -> tuple[str, list[str]]:
         return f"{data_args.dataset_name}{config}", [data_args.dataset_name]
     if data_args.train_file:
         return f"local file {Path(data_args.train_file).name}", []
-    return "built-in corpus (Python standard-library documentation, hf_kd.corpus)", []
+    return "built-in corpus (Python standard-library documentation, hf_kd.text.corpus)", []
 
 
 def card_metadata(trainer, metrics: dict[str, Any], data_args=None) -> dict[str, Any]:

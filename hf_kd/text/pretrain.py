@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 from transformers import AutoTokenizer, set_seed
 
-from .checkpointing import checkpoint_problem, latest_complete_checkpoint
+from ..core.checkpointing import checkpoint_problem, latest_complete_checkpoint
+from ..core.hub import publish_run, take_hub_settings
 from .config import DistillationTrainingArguments
 from .data import (
     DataError,
@@ -20,7 +21,6 @@ from .data import (
     tokenize_and_chunk,
     train_wordpiece_tokenizer,
 )
-from .hub import publish_run, take_hub_settings
 from .models import build_student, check_seq_length, check_vocab_fits
 from .script_args import DataArguments, ModelArguments
 from .trainer import DistillationTrainer

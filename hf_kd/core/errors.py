@@ -1,0 +1,19 @@
+"""Error types shared by every task, so that the CLI layer can map them to exit codes without importing a task.
+
+``UserError``/``DataError`` (bad flags or input) exit 2 with one line; ``NonFiniteLossError`` (a diverged run)
+exits 1 naming the step and the last intact checkpoint.
+"""
+
+from __future__ import annotations
+
+
+class UserError(ValueError):
+    """A bad flag value or input file, reported in one line."""
+
+
+class DataError(ValueError):
+    """Bad data input (missing file, wrong format, empty, too short)."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN/inf (``on_nonfinite_loss="stop"``)."""
