@@ -69,6 +69,7 @@ class StepResult:
     num_images: int  # this process's images in the step
     ce: torch.Tensor  # this process's share of the step's mean task loss (sums to the mean over ranks)
     kd: torch.Tensor | None
+    loss: torch.Tensor | None = None  # this process's share of the weighted objective that was back-propagated
 
 
 class KDStep:
@@ -104,7 +105,7 @@ class KDStep:
         acc, ids = self.accelerator, self.teacher_ids(step)  # one teacher choice for all micro-batches
         local = sum(int(y.shape[0]) for _, y in micro_batches)
         denominator = self._global_count(local)
-        ce_total, kd_total = torch.zeros((), device=acc.device), torch.zeros((), device=acc.device)
+        ce_total, kd_total, loss_total = (torch.zeros((), device=acc.device) for _ in range(3))
         for i, (x, y) in enumerate(micro_batches):
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -119,12 +120,13 @@ class KDStep:
                     divergence=self.divergence, ce_denominator=denominator, label_smoothing=self.label_smoothing)
                 acc.backward(out.loss * acc.num_processes)
             ce_total += out.ce
+            loss_total += out.loss.detach()
             if out.kd is not None:
                 kd_total += out.kd
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return StepResult(num_images=local, ce=ce_total, kd=kd_total if ids else None)
+        return StepResult(num_images=local, ce=ce_total, kd=kd_total if ids else None, loss=loss_total)
 
 
 class LossWindow:
