@@ -57,7 +57,7 @@ def baseline(tmp_path_factory) -> Path:
 
 def test_baseline_writes_checkpoints_metrics_and_model(baseline):
     assert (baseline / "checkpoint-2").is_dir() and (baseline / "checkpoint-4").is_dir()
-    meta = json.loads((baseline / "vision_model.json").read_text())
+    meta = json.loads((baseline / "config.json").read_text())
     assert meta["architecture"] == "resnet18" and meta["num_classes"] == 10
     rows = _rows(baseline)
     assert [r["step"] for r in rows] == [2, 4]
