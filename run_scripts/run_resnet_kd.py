@@ -14,7 +14,10 @@ ImageNet on 8 GPUs (ResNet-50 student, ResNet-101 teacher, KD for the first half
         --kd_alpha 0.5 --kd_temperature 4 --kd_stop_ratio 0.5 --epochs 90 --per_device_train_batch_size 32 \
         --learning_rate 0.1 --checkpointing_steps 5000 --output_dir runs/r50_kd
 
-Arguments can also come from one JSON file: ``python run_scripts/run_resnet_kd.py args.json``.
+A run shows a progress bar and a log line every ``--logging_steps``; it writes ``metrics.jsonl``, verified
+``checkpoint-<step>/`` folders (``--save_total_limit`` keeps the newest N; ``--resume_from_checkpoint latest``),
+``model.safetensors`` + ``config.json`` and a model card ``README.md``; ``--push_to_hub --hub_model_id user/name``
+uploads that folder. Arguments can also come from one JSON file: ``python run_scripts/run_resnet_kd.py args.json``.
 """
 
 from __future__ import annotations

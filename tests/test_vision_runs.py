@@ -18,8 +18,10 @@ from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file
 
 import hf_kd.vision.loop as vision_loop
+from hf_kd.core.checkpointing import checkpoint_problem
 from hf_kd.core.cli_utils import run_cli
 from hf_kd.core.schedule import teacher_indices
+from hf_kd.vision.checkpoints import STATE_MARKER
 from run_scripts import run_resnet_kd
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,7 +59,7 @@ def baseline(tmp_path_factory) -> Path:
 
 def test_baseline_writes_checkpoints_metrics_and_model(baseline):
     assert (baseline / "checkpoint-2").is_dir() and (baseline / "checkpoint-4").is_dir()
-    meta = json.loads((baseline / "vision_model.json").read_text())
+    meta = json.loads((baseline / "config.json").read_text())
     assert meta["architecture"] == "resnet18" and meta["num_classes"] == 10
     rows = _rows(baseline)
     assert [r["step"] for r in rows] == [2, 4]
@@ -151,12 +153,19 @@ def test_two_process_run_counts_each_validation_image_once_and_matches_one_proce
     # accelerate's MULTI_CPU (gloo) with 2 real ranks.
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(REPO / "run_scripts" / "run_resnet_kd.py"), "--output_dir", str(two), *TINY,
-           "--max_steps", "3", "--per_device_eval_batch_size", "64"]
+           "--max_steps", "3", "--per_device_eval_batch_size", "64", "--checkpointing_steps", "1",
+           "--save_total_limit", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "ACCELERATE_USE_CPU": "true"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = _rows(two)
     assert rows and all(r["num_eval_images"] == 360 for r in rows)  # 360 = 2 x 64 x 3 - 24 padded duplicates
+    # staged checkpoints with 2 ranks: both ranks' RNG files are in the published folder, rotation keeps one
+    assert [p.name for p in two.glob("checkpoint-*")] == ["checkpoint-3"] and not list(two.glob(".partial-*"))
+    assert checkpoint_problem(two / "checkpoint-3", STATE_MARKER) is None
+    marker = json.loads((two / "checkpoint-3" / STATE_MARKER).read_text())
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= marker["files"].keys() and marker["num_processes"] == 2
+    assert (two / "README.md").is_file() and (two / "config.json").is_file()
     one = tmp_path / "one"
     _run(one, "--max_steps", "3", "--gradient_accumulation_steps", "2")
     a, b = _weights(one), _weights(two)

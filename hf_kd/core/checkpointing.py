@@ -28,21 +28,28 @@ _CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 OTHER_WEIGHT_MARKERS = ("pytorch_model.bin", "latest")
 
 
-def checkpoint_problem(path: str | os.PathLike) -> str | None:
+def checkpoint_problem(path: str | os.PathLike, state_file: str = STATE_FILE) -> str | None:
     """Why ``path`` is not a complete, resumable checkpoint folder; ``None`` when it is one.
 
-    Complete = ``trainer_state.json`` parses (the Trainer writes it after the weights, optimizer and RNG state)
-    and every ``*.safetensors`` file has a readable header that covers the whole file (catches truncation).
+    Complete = ``state_file`` parses (the Trainer writes ``trainer_state.json`` after the weights, optimizer and
+    RNG state; the vision loop writes its own marker last), every file the marker lists under ``"files"``
+    (name -> size in bytes) has that size, and every ``*.safetensors`` file has a readable header that covers the
+    whole file (catches truncation).
     """
     p = Path(path)
     if not p.is_dir():
         return "it is not a folder"
     try:
-        json.loads((p / STATE_FILE).read_text())
+        state = json.loads((p / state_file).read_text())
     except FileNotFoundError:
-        return f"it has no {STATE_FILE}"
+        return f"it has no {state_file}"
     except (OSError, ValueError) as e:
-        return f"its {STATE_FILE} is unreadable ({e})"
+        return f"its {state_file} is unreadable ({e})"
+    listed = state.get("files", {}) if isinstance(state, dict) else {}
+    for name, size in listed.items():
+        actual = (p / name).stat().st_size if (p / name).is_file() else None
+        if actual != size:
+            return f"{name} is {'missing' if actual is None else f'{actual} bytes'}, its marker says {size} bytes"
     weights = sorted(p.glob("*.safetensors"))
     if not weights and not any((p / m).exists() for m in OTHER_WEIGHT_MARKERS):
         return "it holds no model weights"
@@ -74,10 +81,10 @@ def checkpoint_folders(output_dir: str | os.PathLike) -> list[Path]:
     return [d for _, d in sorted(found, reverse=True)]
 
 
-def latest_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+def latest_complete_checkpoint(output_dir: str | os.PathLike, state_file: str = STATE_FILE) -> str | None:
     """The newest checkpoint of ``output_dir`` that :func:`checkpoint_problem` accepts; broken ones are logged."""
     for folder in checkpoint_folders(output_dir):
-        problem = checkpoint_problem(folder)
+        problem = checkpoint_problem(folder, state_file)
         if problem is None:
             return str(folder)
         logger.warning("skipping incomplete checkpoint %s: %s", folder, problem)

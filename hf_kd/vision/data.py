@@ -90,6 +90,9 @@ class VisionData:
     num_classes: int
     image_size: int
     source: str
+    mean: tuple[float, ...] = IMAGENET_MEAN  # the input normalisation, recorded in the model's config.json
+    std: tuple[float, ...] = IMAGENET_STD
+    label_names: list[str] | None = None  # class index -> name (ImageFolder: the class folders, sorted)
 
 
 def load_digits_splits(image_size: int = DIGITS_IMAGE_SIZE, val_fraction: float = 0.2) -> VisionData:
@@ -111,7 +114,8 @@ def load_digits_splits(image_size: int = DIGITS_IMAGE_SIZE, val_fraction: float 
     return VisionData(
         train=TensorDataset(images[train_idx], labels[train_idx]),
         val=TensorDataset(images[val_idx], labels[val_idx]),
-        num_classes=int(labels.max()) + 1, image_size=image_size, source="sklearn digits")
+        num_classes=int(labels.max()) + 1, image_size=image_size, source="sklearn digits",
+        mean=(float(mean),) * 3, std=(float(std),) * 3, label_names=[str(d) for d in range(10)])
 
 
 def imagenet_transforms(image_size: int, val_resize_size: int | None = None):
@@ -144,7 +148,7 @@ def load_imagefolder_splits(train_dir: str, val_dir: str, image_size: int = IMAG
         missing = sorted(set(train.classes) ^ set(val.classes))[:3]
         raise DataError(f"train_dir and val_dir have different class folders (e.g. {missing}); they must match")
     return VisionData(train=train, val=val, num_classes=len(train.classes), image_size=image_size,
-                      source=f"ImageFolder {train_dir}")
+                      source=f"ImageFolder {train_dir}", label_names=list(train.classes))
 
 
 def build_datasets(args: VisionDataArguments) -> VisionData:

@@ -29,10 +29,14 @@ from accelerate.utils import set_seed
 from ..core.cli_utils import UserError
 from ..core.cost import CostMeter
 from ..core.errors import NonFiniteLossError
+from ..core.hub import take_hub_settings
 from ..core.losses import distillation_loss
 from ..core.schedule import kd_is_active, kd_weight, teacher_indices
 from ..core.teachers import check_teacher_vocab, freeze_teacher, release_teachers
+from .card import METRIC_KEYS, push_run, write_card
+from .checkpoints import check_output_dir, save_checkpoint
 from .data import VisionDataArguments, build_dataloaders, build_datasets
+from .progress import LossWindow, Progress
 from .setup import (
     VisionModelArguments,
     VisionTrainingArguments,
@@ -47,7 +51,6 @@ from .setup import (
 logger = get_logger(__name__)  # main process only
 
 METRICS_FILE = "metrics.jsonl"
-CHECKPOINT_PREFIX = "checkpoint-"
 
 
 @dataclass
@@ -69,6 +72,7 @@ class StepResult:
     num_images: int  # this process's images in the step
     ce: torch.Tensor  # this process's share of the step's mean task loss (sums to the mean over ranks)
     kd: torch.Tensor | None
+    loss: torch.Tensor | None = None  # this process's share of the weighted objective that was back-propagated
 
 
 class KDStep:
@@ -104,7 +108,7 @@ class KDStep:
         acc, ids = self.accelerator, self.teacher_ids(step)  # one teacher choice for all micro-batches
         local = sum(int(y.shape[0]) for _, y in micro_batches)
         denominator = self._global_count(local)
-        ce_total, kd_total = torch.zeros((), device=acc.device), torch.zeros((), device=acc.device)
+        ce_total, kd_total, loss_total = (torch.zeros((), device=acc.device) for _ in range(3))
         for i, (x, y) in enumerate(micro_batches):
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -119,37 +123,13 @@ class KDStep:
                     divergence=self.divergence, ce_denominator=denominator, label_smoothing=self.label_smoothing)
                 acc.backward(out.loss * acc.num_processes)
             ce_total += out.ce
+            loss_total += out.loss.detach()
             if out.kd is not None:
                 kd_total += out.kd
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return StepResult(num_images=local, ce=ce_total, kd=kd_total if ids else None)
-
-
-class LossWindow:
-    """Task/KD loss since the last evaluation, averaged over steps and summed over ranks at read time."""
-
-    def __init__(self):
-        self.sums, self.steps, self.kd_steps = None, 0, 0
-
-    def add(self, r: StepResult) -> None:
-        vals = torch.stack([r.ce, r.kd if r.kd is not None else torch.zeros_like(r.ce)])
-        self.sums = vals if self.sums is None else self.sums + vals  # on device: no sync per step
-        self.steps += 1
-        self.kd_steps += r.kd is not None
-
-    def finite(self, accelerator: Accelerator) -> bool:
-        """All ranks' losses so far are finite (a reduce: every rank gets the same answer, none hangs)."""
-        return self.sums is None or bool(torch.isfinite(accelerator.reduce(self.sums, reduction="sum")).all())
-
-    def values(self, accelerator: Accelerator) -> dict:
-        if not self.steps:
-            return {"task_loss": None, "kd_loss": None}
-        ce, kd = accelerator.reduce(self.sums, reduction="sum").tolist()
-        out = {"task_loss": ce / self.steps, "kd_loss": kd / self.kd_steps if self.kd_steps else None}
-        self.__init__()
-        return out
+        return StepResult(num_images=local, ce=ce_total, kd=kd_total if ids else None, loss=loss_total)
 
 
 @torch.no_grad()
@@ -170,29 +150,6 @@ def evaluate(accelerator: Accelerator, model, loader, channels_last: bool = True
     model.train()
     top1, top5, loss, n = totals.tolist()
     return {"top1": top1 / n, "top5": top5 / n, "eval_loss": loss / n, "num_eval_images": int(n)}
-
-
-def find_latest_checkpoint(output_dir: str | Path) -> Path | None:
-    ckpts = [p for p in Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*") if p.name[len(CHECKPOINT_PREFIX):].isdigit()]
-    return max(ckpts, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):])) if ckpts else None
-
-
-def check_output_dir(args: VisionTrainingArguments) -> Path | None:
-    """Refuse to train into a non-empty output_dir (unless overwriting or resuming); resolve the resume path."""
-    out, resume = Path(args.output_dir), args.resume_from_checkpoint
-    if resume == "latest":
-        path = find_latest_checkpoint(out)
-        if path is None:
-            raise UserError(f"--resume_from_checkpoint latest: no {CHECKPOINT_PREFIX}<step> folder in {str(out)!r}")
-        return path
-    if resume:
-        if not Path(resume).is_dir():
-            raise UserError(f"checkpoint {resume!r} is not a folder; expected {CHECKPOINT_PREFIX}<step> or 'latest'")
-        return Path(resume)
-    if out.is_dir() and any(out.iterdir()) and not args.overwrite_output_dir:
-        raise UserError(f"output_dir {str(out)!r} is not empty; pass --overwrite_output_dir or "
-                        "--resume_from_checkpoint latest")
-    return None
 
 
 def _prepare_metrics_file(out: Path, resume_step: int | None) -> Path:
@@ -241,7 +198,8 @@ class VisionRun:
     def __init__(self, model_args: VisionModelArguments, data_args: VisionDataArguments,
                  args: VisionTrainingArguments):
         self.model_args, self.data_args, self.args = model_args, data_args, args
-        self.resume_path = check_output_dir(args)
+        self.hub = take_hub_settings(args)  # the token leaves the arguments: never in a tracker config or a log
+        self.resume_path = check_output_dir(args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
         self.acc = acc = _make_accelerator(args)
         set_seed(args.seed, device_specific=True)  # rank 0 = the 1-process seed; DDP broadcasts its weights
         self.data = build_datasets(data_args)
@@ -264,7 +222,7 @@ class VisionRun:
     def _restore(self) -> None:
         if self.resume_path is None:
             return
-        self.acc.print(f"Resuming from {self.resume_path}")
+        logger.info("resuming from %s", self.resume_path)
         self.acc.load_state(str(self.resume_path))
         if self.state.steps_per_epoch != self.spe:
             raise UserError(f"checkpoint has {self.state.steps_per_epoch} steps per epoch, this run {self.spe}: resume "
@@ -311,13 +269,15 @@ class VisionRun:
             with metrics_path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
         self.acc.log({k: v for k, v in row.items() if v is not None}, step=step)
-        self.acc.print(f"step {step}/{self.max_steps} epoch {row['epoch']:.2f}: top1 {row['top1']:.4f} "
-                       f"top5 {row['top5']:.4f} gpu_hours {row['gpu_hours']:.5f}")
+        logger.info("eval at step %d/%d (epoch %.2f): top1 %.4f, top5 %.4f, eval_loss %.4g, gpu_hours %.4g", step,
+                    self.max_steps, row["epoch"], row["top1"], row["top5"], row["eval_loss"], row["gpu_hours"])
         return row
 
     def _save_checkpoint(self, step: int) -> None:
         self.state.step = step
-        self.acc.save_state(str(Path(self.args.output_dir) / f"{CHECKPOINT_PREFIX}{step}"))
+        marker = {"steps_per_epoch": self.spe, "num_processes": self.acc.num_processes,
+                  "gpu_hours": self.meter.gpu_hours}
+        save_checkpoint(self.acc, self.args.output_dir, step, marker, self.args.save_total_limit)
 
     def train(self) -> dict:
         """The training loop; returns the last evaluation's metrics row."""
@@ -328,10 +288,18 @@ class VisionRun:
         self.acc.wait_for_everyone()
         if self.args.report_to != "none":
             self.acc.init_trackers("resnet_kd", config=self.args.tracker_config())
-        kd_step, window, row, step = self.kd_step, LossWindow(), {}, self.state.step
         logger.info("training %s on %s: %d steps (%d per epoch), KD stop step %d, %d teacher(s)",
                     self.model_args.model, self.data.source, self.max_steps, self.spe, self.stop_step,
-                    len(kd_step.teachers))
+                    len(self.kd_step.teachers))
+        progress = Progress(self.acc, self.max_steps, self.state.step, self.spe, self.args.logging_steps,
+                            disable=self.args.disable_tqdm)
+        with progress.running():
+            row = self._loop(progress, out / METRICS_FILE)
+        self._save_final(row)
+        return row
+
+    def _loop(self, progress: Progress, metrics_path: Path) -> dict:
+        kd_step, window, row, step = self.kd_step, LossWindow(), {}, self.state.step
         self.meter.start()
         for epoch in range(step // self.spe, math.ceil(self.max_steps / self.spe)):
             # islice: stop at max_steps (possibly mid-epoch) without loading batches that will not be used.
@@ -346,23 +314,56 @@ class VisionRun:
                 step += 1
                 self.meter.step_done(result.num_images)
                 window.add(result)
-                if self._should_eval(step):
-                    row = self._log_eval(step, window, out / METRICS_FILE)
+                progress.step_done(result)
+                evaluating = self._should_eval(step)
+                if progress.should_log(step):  # an evaluation at this step reads (and resets) the cost window
+                    self._log_train(progress, step, reset_cost_window=not evaluating)
+                if evaluating:
+                    row = self._log_eval(step, window, metrics_path)
                 if self.args.checkpointing_steps and step % self.args.checkpointing_steps == 0:
                     if not window.finite(self.acc):  # never checkpoint diverged weights
                         raise _diverged(step)
                     self._save_checkpoint(step)
         self.state.step = step
-        self._save_final()
         return row
 
-    def _save_final(self) -> None:
+    def _log_train(self, progress: Progress, step: int, reset_cost_window: bool) -> None:
+        cost = self.meter.log_values(reset_window=reset_cost_window)
+        line = progress.log(step, self.scheduler.get_last_lr()[0], cost)
+        if line["loss"] is not None and not math.isfinite(line["loss"]):
+            raise _diverged(step)
+
+    def card_facts(self, row: dict) -> dict:
+        """The KD facts of this run for its model card (see ``hf_kd.vision.card``)."""
+        a, kd = self.args, bool(self.model_args.teacher_checkpoint)
+        facts = {
+            "architecture": self.model_args.model, "num_classes": self.data.num_classes,
+            "teachers": list(self.model_args.teacher_checkpoint), "kd_alpha": a.kd_alpha if kd else 0.0,
+            # a baseline had no temperature, stop step, selection or divergence: None, not the flags' defaults
+            "kd_temperature": a.kd_temperature if kd else None, "kd_stop_step": self.stop_step if kd else None,
+            "kd_teacher_selection": a.kd_teacher_selection if kd else None,
+            "kd_divergence": a.kd_divergence if kd else None,
+            "training_data": self.data.source, "train_steps": self.state.step, "max_steps": self.max_steps,
+            "global_batch_size": a.per_device_train_batch_size * a.gradient_accumulation_steps * self.acc.num_processes,
+            "num_processes": self.acc.num_processes, "gpu_hours": self.meter.gpu_hours,
+            "eval_gpu_hours": self.meter.eval_gpu_hours, "learning_rate": a.learning_rate,
+            "label_smoothing": a.label_smoothing, "seed": a.seed,
+        }
+        return {**facts, **{k: row[k] for k in METRIC_KEYS if row.get(k) is not None}}
+
+    def _save_final(self, row: dict) -> None:
+        """``model.safetensors`` + ``config.json`` + the model card (and the upload with ``--push_to_hub``)."""
         state_dict = self.acc.get_state_dict(self.model)
         if self.acc.is_main_process:
-            save_model_dir(state_dict, self.args.output_dir, self.model_args.model, self.data.num_classes,
-                           extra={"image_size": self.data.image_size, "data": self.data.source, "step": self.state.step})
+            d = self.data
+            save_model_dir(state_dict, self.args.output_dir, self.model_args.model, d.num_classes,
+                           extra={"data": d.source, "step": self.state.step}, image_size=d.image_size,
+                           mean=d.mean, std=d.std, label_names=d.label_names)
+            repo_id = write_card(self.args.output_dir, self.card_facts(row), self.hub)
         self.acc.wait_for_everyone()
         self.acc.end_training()
+        if self.hub.push and self.acc.is_main_process:  # after the barrier: a failed upload cannot hang other ranks
+            push_run(self.args.output_dir, repo_id, self.hub)
 
 
 def run_vision_training(model_args: VisionModelArguments, data_args: VisionDataArguments,
@@ -370,6 +371,15 @@ def run_vision_training(model_args: VisionModelArguments, data_args: VisionDataA
     """Train (and distil, when teachers are given) an image classifier; returns the last metrics row.
 
     Writes ``<output_dir>/metrics.jsonl`` (one line per evaluation), ``checkpoint-<step>/`` every
-    ``--checkpointing_steps`` and the final ``model.safetensors`` + ``vision_model.json``.
+    ``--checkpointing_steps`` (staged and published atomically, the newest ``--save_total_limit`` kept) and the
+    final ``model.safetensors`` + ``config.json`` + model card ``README.md``; uploads that folder with
+    ``--push_to_hub``. Shows a progress bar and logs a training line every ``--logging_steps``.
+
+    Example::
+
+        from hf_kd.vision import VisionDataArguments, VisionModelArguments, VisionTrainingArguments, run_vision_training
+        row = run_vision_training(VisionModelArguments(model="resnet18"), VisionDataArguments(),
+                                  VisionTrainingArguments(output_dir="runs/digits", epochs=4, learning_rate=0.05))
+        print(row["top1"])
     """
     return VisionRun(model_args, data_args, args).train()

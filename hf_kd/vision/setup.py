@@ -10,7 +10,9 @@ given pairwise and repeatable for an ensemble::
 
 A checkpoint is a safetensors state dict, a torchvision weights file (``.pth``, pickle: needs
 ``--allow_pickle_weights`` and loads with ``torch.load(weights_only=True)``), or a previous run's output dir,
-where :func:`save_model_dir` wrote ``model.safetensors`` and ``vision_model.json`` (architecture, classes).
+where :func:`save_model_dir` wrote ``model.safetensors`` and ``config.json`` (architecture, classes, input
+normalisation; the key layout of timm's Hub configs). Folders from older versions hold ``vision_model.json``
+instead; they still load.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import difflib
 import json
 import logging
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +36,8 @@ from ..core.teachers import TeacherLoadError, load_state_dict_file
 logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.safetensors"
-MODEL_JSON = "vision_model.json"
+CONFIG_FILE = "config.json"
+MODEL_JSON = "vision_model.json"  # what older versions wrote instead of config.json; still read
 
 
 @dataclass
@@ -97,14 +101,18 @@ def build_model(name: str, num_classes: int, channels_last: bool = True) -> torc
 
 
 def read_model_json(run_dir: Path) -> dict:
-    """The architecture record a finished run left next to its weights."""
-    meta_path = run_dir / MODEL_JSON
-    if not meta_path.is_file() or not (run_dir / MODEL_FILE).is_file():
+    """The architecture record a finished run left next to its weights (``config.json``, or an older run's
+    ``vision_model.json``)."""
+    meta_path = next((run_dir / n for n in (CONFIG_FILE, MODEL_JSON) if (run_dir / n).is_file()), None)
+    if meta_path is None or not (run_dir / MODEL_FILE).is_file():
         raise TeacherLoadError(
-            f"teacher checkpoint folder {str(run_dir)!r} has no {MODEL_FILE} + {MODEL_JSON}; expected the output_dir "
+            f"teacher checkpoint folder {str(run_dir)!r} has no {MODEL_FILE} + {CONFIG_FILE}; expected the output_dir "
             "of a finished run_resnet_kd.py run (or pass a weights file)")
-    meta = json.loads(meta_path.read_text())
-    if "architecture" not in meta or "num_classes" not in meta:
+    try:
+        meta = json.loads(meta_path.read_text())
+    except ValueError as e:
+        raise TeacherLoadError(f"{str(meta_path)!r} is not valid JSON ({e})") from e
+    if not isinstance(meta, dict) or "architecture" not in meta or "num_classes" not in meta:
         raise TeacherLoadError(f"{str(meta_path)!r} lacks 'architecture'/'num_classes'")
     return meta
 
@@ -123,7 +131,7 @@ def load_teacher(checkpoint: str, architecture: str | None, num_classes: int, al
     if path.is_dir():
         meta = read_model_json(path)
         if architecture and architecture != meta["architecture"]:
-            raise TeacherLoadError(f"teacher {checkpoint!r} is a {meta['architecture']} (per {MODEL_JSON}), "
+            raise TeacherLoadError(f"teacher {checkpoint!r} is a {meta['architecture']} (per its config), "
                                    f"but --teacher_model says {architecture}")
         architecture, weights_path = meta["architecture"], path / MODEL_FILE
     elif not path.exists():
@@ -160,18 +168,44 @@ def load_teachers(args: VisionModelArguments, num_classes: int) -> tuple[list[to
     return teachers, list(args.teacher_checkpoint)
 
 
+def model_config(architecture: str, num_classes: int, image_size: int | None = None,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 label_names: Sequence[str] | None = None, extra: dict | None = None) -> dict:
+    """The ``config.json`` of a saved classifier: timm's Hub keys (``architecture``, ``num_classes``,
+    ``label_names``, ``pretrained_cfg`` with the input size and normalisation) plus ``library: torchvision``
+    (the architecture is a ``torchvision.models`` name) and ``extra`` (data, step)."""
+    cfg: dict = {"architecture": architecture, "num_classes": int(num_classes), "library": "torchvision"}
+    if label_names is not None:
+        cfg["label_names"] = list(label_names)
+    pretrained = {"num_classes": int(num_classes)}
+    if image_size is not None:
+        pretrained["input_size"] = [3, int(image_size), int(image_size)]
+    if mean is not None and std is not None:
+        pretrained.update(mean=[float(m) for m in mean], std=[float(v) for v in std])
+    cfg["pretrained_cfg"] = pretrained
+    return {**cfg, **(extra or {})}
+
+
+def _write_atomically(path: Path, write) -> None:
+    """``write(tmp)`` then rename: a reader (or a crash) never sees a half-written file under ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
 def save_model_dir(state_dict: dict[str, torch.Tensor], output_dir: str | Path, architecture: str,
-                   num_classes: int, extra: dict | None = None) -> Path:
-    """Write ``model.safetensors`` + ``vision_model.json``: a folder :func:`load_teacher` accepts as a teacher."""
+                   num_classes: int, extra: dict | None = None, **config) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` (:func:`model_config` of the arguments; ``config`` takes its
+    ``image_size``, ``mean``, ``std``, ``label_names``): a folder :func:`load_teacher` accepts as a teacher."""
     from safetensors.torch import save_file
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     # safetensors needs contiguous tensors; channels_last conv weights are not (in the default sense).
-    save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, str(out / MODEL_FILE),
-              metadata={"format": "pt"})
-    meta = {"architecture": architecture, "num_classes": int(num_classes), **(extra or {})}
-    (out / MODEL_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    _write_atomically(out / MODEL_FILE, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
+    meta = model_config(architecture, num_classes, extra=extra, **config)
+    _write_atomically(out / CONFIG_FILE, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
     return out / MODEL_FILE
 
 
@@ -188,7 +222,8 @@ def _help(text: str, **kw) -> dict:
 class VisionTrainingArguments:
     """Optimisation, KD and run-management flags (defaults: the torchvision ResNet recipe, per 256 images)."""
 
-    output_dir: str = field(metadata=_help("Run folder: metrics.jsonl, checkpoint-<step>/, final model.safetensors."))
+    output_dir: str = field(metadata=_help(
+        "Run folder: metrics.jsonl, checkpoint-<step>/, final model.safetensors + config.json + README.md."))
     overwrite_output_dir: bool = field(default=False, metadata=_help("Train into a non-empty output_dir."))
     seed: int = field(default=42, metadata=_help("Seed for initialisation, data order and teacher sampling."))
     epochs: int | None = field(default=None, metadata=_help(
@@ -224,23 +259,42 @@ class VisionTrainingArguments:
     eval_steps: int | None = field(default=None, metadata=_help(
         "Also evaluate every N optimizer steps (always at each epoch end and at the last step)."))
     checkpointing_steps: int | None = field(default=None, metadata=_help(
-        "accelerator.save_state to <output_dir>/checkpoint-<step> every N steps (with gpu_hours so far)."))
+        "accelerator.save_state to <output_dir>/checkpoint-<step> every N steps (with gpu_hours so far); staged "
+        "and published by one rename, so a crash mid-save never leaves a checkpoint-<step> that is resumed."))
+    save_total_limit: int | None = field(default=None, metadata=_help(
+        "Keep only the newest N checkpoint-<step> folders (older ones are deleted after each save). Unset = all."))
     resume_from_checkpoint: str | None = field(default=None, metadata=_help(
-        "A checkpoint-<step> folder, or 'latest' (highest step in output_dir); continues step, data order, "
-        "optimizer, LR schedule, RNG and gpu_hours."))
+        "A checkpoint-<step> folder, or 'latest' (the highest step in output_dir that is complete); continues "
+        "step, data order, optimizer, LR schedule, RNG and gpu_hours."))
+    logging_steps: int | None = field(default=100, metadata=_help(
+        "Log a training line every N optimizer steps (loss, task/KD loss, learning rate, images/s, gpu_hours, "
+        "teacher_time_fraction) and send it to the tracker; 0 = only at evaluations."))
+    disable_tqdm: bool = field(default=False, metadata=_help("Hide the progress bar (shown on the main process)."))
     mixed_precision: str | None = field(default=None, metadata=_help(
         f"One of {MIXED_PRECISION}; unset = accelerate's setting (accelerate launch --mixed_precision bf16)."))
     report_to: str = field(default="none", metadata=_help(
         "accelerate tracker for the metrics (tensorboard, wandb, ...); 'none' = metrics.jsonl only."))
+    push_to_hub: bool = field(default=False, metadata=_help(
+        "At the end, upload the model (model.safetensors, config.json), its model card (README.md) and "
+        "metrics.jsonl to the Hub model repo --hub_model_id (created if missing; checkpoints are not uploaded)."))
+    hub_model_id: str | None = field(default=None, metadata=_help(
+        "Hub repo for --push_to_hub, 'user/name' (or 'name' under your account). Default: output_dir's name."))
+    hub_token: str | None = field(default=None, metadata=_help(
+        "Hub token for --push_to_hub; default: HF_TOKEN or `hf auth login`. Used for the upload only, never "
+        "logged or written to any file."))
+    hub_private_repo: bool | None = field(default=None, metadata=_help(
+        "Create the Hub repo private (unset = the Hub's default for your account)."))
 
     def __post_init__(self):
         validate_kd_fields(self)
         positive = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                    "max_steps", "epochs", "eval_steps", "checkpointing_steps")
+                    "max_steps", "epochs", "eval_steps", "checkpointing_steps", "save_total_limit")
         for name in positive:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name}={value!r} is invalid: expected a positive integer")
+        if self.logging_steps is not None and self.logging_steps < 0:
+            raise ValueError(f"logging_steps={self.logging_steps!r} is invalid: expected an integer >= 0")
         if self.lr_scheduler_type not in LR_SCHEDULERS:
             raise ValueError(f"lr_scheduler_type={self.lr_scheduler_type!r} is invalid: expected one of {LR_SCHEDULERS}")
         if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISION:
@@ -259,8 +313,9 @@ class VisionTrainingArguments:
         return self.epochs or (15 if uses_digits else 90)
 
     def tracker_config(self) -> dict:
-        """Flat hyperparameters for ``init_trackers`` (trackers accept scalars and strings only)."""
-        return {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in dataclasses.asdict(self).items()}
+        """Flat hyperparameters for ``init_trackers`` (trackers accept scalars and strings only); no token."""
+        return {k: v if isinstance(v, int | float | str | bool) else str(v)
+                for k, v in dataclasses.asdict(self).items() if k != "hub_token"}
 
 
 def resolve_stop_step(args, max_steps: int) -> int:

@@ -1,0 +1,100 @@
+"""What a vision run shows while it trains: a rank-0 progress bar and a log line every ``--logging_steps``.
+
+Losses are summed on the device step by step (:class:`LossWindow`) and read -- one reduce and one host sync --
+only when a line is logged or an evaluation runs, so the training step itself never waits for the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+logger = get_logger(__name__)  # main process only
+
+# The keys of a training log line, in the order they are printed.
+LOG_KEYS = ("loss", "task_loss", "kd_loss", "learning_rate", "train_images_per_second", "gpu_hours",
+            "teacher_time_fraction")
+
+
+class LossWindow:
+    """Objective, task and KD loss since the last read, averaged over steps and summed over ranks at read time.
+
+    ``add`` takes a step's result (``loss``, ``ce``, ``kd`` tensors on the device) and adds them on the device.
+    """
+
+    def __init__(self):
+        self.sums, self.steps, self.kd_steps = None, 0, 0
+
+    def add(self, r) -> None:
+        zero = torch.zeros_like(r.ce)
+        vals = torch.stack([r.loss if r.loss is not None else zero, r.ce, r.kd if r.kd is not None else zero])
+        self.sums = vals if self.sums is None else self.sums + vals  # on device: no sync per step
+        self.steps += 1
+        self.kd_steps += r.kd is not None
+
+    def finite(self, accelerator: Accelerator) -> bool:
+        """All ranks' losses so far are finite (a reduce: every rank gets the same answer, none hangs)."""
+        return self.sums is None or bool(torch.isfinite(accelerator.reduce(self.sums, reduction="sum")).all())
+
+    def values(self, accelerator: Accelerator) -> dict:
+        """Means since the last call (``None`` when there were no steps / no KD steps); starts a new window."""
+        if not self.steps:
+            return {"loss": None, "task_loss": None, "kd_loss": None}
+        loss, ce, kd = accelerator.reduce(self.sums, reduction="sum").tolist()
+        out = {"loss": loss / self.steps, "task_loss": ce / self.steps,
+               "kd_loss": kd / self.kd_steps if self.kd_steps else None}
+        self.__init__()
+        return out
+
+
+def format_log_line(step: int, max_steps: int, epoch: float, values: dict) -> str:
+    """``step 20/100 (epoch 0.45): loss 1.234, learning_rate 0.05, ...`` (``None`` values left out)."""
+    parts = [f"{k} {values[k]:.4g}" for k in LOG_KEYS if values.get(k) is not None]
+    return f"step {step}/{max_steps} (epoch {epoch:.2f}): " + ", ".join(parts)
+
+
+class Progress:
+    """The progress bar (local main process, unless ``disable``) and the periodic training log lines."""
+
+    def __init__(self, acc: Accelerator, max_steps: int, start_step: int, steps_per_epoch: int,
+                 logging_steps: int | None, disable: bool = False):
+        self.acc, self.max_steps, self.spe, self.logging_steps = acc, max_steps, steps_per_epoch, logging_steps
+        # leave=False: runs driven many times from one process (hf-kd reproduce) do not stack finished bars.
+        self.bar = tqdm(total=max_steps, initial=start_step, desc="training", unit="step", leave=False,
+                        dynamic_ncols=True, disable=disable or not acc.is_local_main_process)
+        self.window = LossWindow()
+
+    @contextlib.contextmanager
+    def running(self):
+        """Route log records through ``tqdm.write`` while the bar is shown (they would break it otherwise)."""
+        with logging_redirect_tqdm() if not self.bar.disable else contextlib.nullcontext():
+            try:
+                yield self
+            finally:
+                self.bar.close()
+
+    def step_done(self, result) -> None:
+        self.window.add(result)
+        self.bar.update(1)
+
+    def should_log(self, step: int) -> bool:
+        return bool(self.logging_steps) and step % self.logging_steps == 0
+
+    def log(self, step: int, learning_rate: float, cost: dict) -> dict:
+        """One log line from the window's losses (one sync) and the cost meter's ``cost`` values."""
+        values = {**self.window.values(self.acc), "learning_rate": learning_rate, **cost}
+        epoch = step / self.spe
+        row = {"step": step, "epoch": round(epoch, 4), **values}
+        if values["loss"] is not None and not math.isfinite(values["loss"]):
+            return row  # the caller stops the run with its one-line divergence error
+        logger.info(format_log_line(step, self.max_steps, epoch, values))
+        if values["loss"] is not None:
+            self.bar.set_postfix(loss=f"{values['loss']:.4g}", refresh=False)
+        self.acc.log({f"train/{k}": v for k, v in values.items() if v is not None}, step=step)
+        return row
