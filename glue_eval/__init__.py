@@ -19,24 +19,27 @@ results keys), ``finetune`` (Trainer fine-tuning), ``results`` (resumable JSONL)
 ``report`` (CLIs), ``quality`` (report inputs), ``testing`` (tiny fixtures). See ``docs/glue.md``.
 """
 
-from .args import FinetuneArguments, GlueArguments, parse_glue_args
-from .metrics import glue_average, glue_leaderboard_score
-from .report import ReportArguments, build_report
-from .run_glue import RunGlueArguments, evaluate_on_glue, summarize
-from .sweep import SweepArguments, find_checkpoints, run_sweep
+from __future__ import annotations
 
-__all__ = [
-    "FinetuneArguments",
-    "GlueArguments",
-    "ReportArguments",
-    "RunGlueArguments",
-    "SweepArguments",
-    "build_report",
-    "evaluate_on_glue",
-    "find_checkpoints",
-    "glue_average",
-    "glue_leaderboard_score",
-    "parse_glue_args",
-    "run_sweep",
-    "summarize",
-]
+import importlib
+
+# Exported name -> submodule; imported on first use, so that ``python -m glue_eval.report`` does not import
+# its own module twice (and ``import glue_eval`` stays light).
+_EXPORTS = {
+    "FinetuneArguments": "args", "GlueArguments": "args", "parse_glue_args": "args",
+    "glue_average": "metrics", "glue_leaderboard_score": "metrics",
+    "ReportArguments": "report", "build_report": "report",
+    "RunGlueArguments": "run_glue", "evaluate_on_glue": "run_glue", "summarize": "run_glue",
+    "SweepArguments": "sweep", "find_checkpoints": "sweep", "run_sweep": "sweep",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

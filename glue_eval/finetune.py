@@ -28,6 +28,7 @@ from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
+    PrinterCallback,
     Trainer,
     TrainingArguments,
     set_seed,
@@ -84,13 +85,13 @@ def load_classifier(model_path: str, task: str, trust_remote_code: bool):
         model_path, num_labels=spec.num_labels, trust_remote_code=trust_remote_code, output_loading_info=True,
         problem_type="regression" if spec.is_regression else "single_label_classification",
         id2label=dict(enumerate(labels)), label2id={v: i for i, v in enumerate(labels)})
-    logger.info("%s: new parameters %s; unused checkpoint parameters %s", model_path,
+    logger.debug("%s: new parameters %s; unused checkpoint parameters %s", model_path,
                 sorted(info.get("missing_keys", [])), sorted(info.get("unexpected_keys", [])))
     return model
 
 
 def finetune(job: Job, tokenizer, data: datasets.DatasetDict, gargs: GlueArguments,
-             fargs: FinetuneArguments) -> dict:
+             fargs: FinetuneArguments, quiet: bool = False) -> dict:
     """Fine-tune ``job.model_path`` on ``job.task``; metrics on every dev split, timing, hyperparameters."""
     spec = TASKS[job.task]
     set_seed(job.seed)  # the new head's initialisation depends on the seed
@@ -100,6 +101,8 @@ def finetune(job: Job, tokenizer, data: datasets.DatasetDict, gargs: GlueArgumen
     targs = training_args_for(job, fargs)
     trainer = Trainer(model=model, args=targs, train_dataset=data["train"], processing_class=tokenizer,
                       data_collator=DataCollatorWithPadding(tokenizer))
+    if quiet:  # the sweep's bar replaces the per-fine-tune log printing (trackers still get every log)
+        trainer.remove_callback(PrinterCallback)
     start = time.perf_counter()
     train_out = trainer.train()
     seconds = time.perf_counter() - start
@@ -122,27 +125,34 @@ def finetune(job: Job, tokenizer, data: datasets.DatasetDict, gargs: GlueArgumen
             "eval_samples": {s: len(data[s]) for s in spec.eval_splits}, "hparams": asdict(job.hp)}
 
 
+class _DropLoadReport(logging.Filter):
+    """Drops transformers' ``LOAD REPORT`` record (and nothing else) from the logger it is attached to."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
+
+
 @contextmanager
 def quiet_per_model_output(enabled: bool) -> Iterator[None]:
     """Silence what transformers/datasets print for every fine-tune while the sweep's own bar runs.
 
     Loading a pretraining checkpoint into a classification model makes transformers log a ``LOAD REPORT``
-    table (logger ``transformers.modeling_utils``, warning level) of the new head and the dropped MLM head --
-    expected here, so it is raised to error level unless the user asked for info/debug logs; the weight-loading
-    and tokenizing bars are switched off. Everything is restored afterwards.
+    table (a warning of logger ``transformers.modeling_utils``) of the new head and the dropped MLM head --
+    expected here. A filter on that logger drops exactly that record (raising the logger's level instead
+    would make transformers 5.x log a "layers were not sharded" list, which it checks on that level). The
+    weight-loading and tokenizing bars are switched off. Everything is restored afterwards.
     """
     load_logger = hf_logging.get_logger("transformers.modeling_utils")
-    old_level = load_logger.level
+    drop = _DropLoadReport()
     hf_bars, ds_bars = hf_logging.is_progress_bar_enabled(), datasets.utils.logging.is_progress_bar_enabled()
     if enabled:
-        if load_logger.getEffectiveLevel() >= logging.WARNING:
-            load_logger.setLevel(logging.ERROR)
+        load_logger.addFilter(drop)
         hf_logging.disable_progress_bar()
         datasets.disable_progress_bars()
     try:
         yield
     finally:
-        load_logger.setLevel(old_level)
+        load_logger.removeFilter(drop)
         if hf_bars:
             hf_logging.enable_progress_bar()
         if ds_bars:
@@ -153,10 +163,12 @@ def run_jobs(jobs: Sequence[Job], gargs: GlueArguments, fargs: FinetuneArguments
              show_progress: bool = True) -> list[dict]:
     """Fine-tune every job not yet in ``results`` (one appended line each) under one "k/N fine-tunes" bar."""
     todo = [j for j in jobs if not results.done(j.line)]
-    quiet = "disable_tqdm" not in fargs.given or fargs.disable_tqdm
+    show = show_progress and ("disable_tqdm" not in fargs.given or not fargs.disable_tqdm)
+    level = fargs.get_process_log_level()  # -1: "passive", transformers' own default (warning)
     written, tokenizers, data = [], {}, {}
-    bar = tqdm(total=len(todo), desc="GLUE fine-tunes", unit="fine-tune", disable=not (show_progress and quiet))
-    with bar, quiet_per_model_output(bar.disable is False):
+    bar = tqdm(total=len(todo), desc="GLUE fine-tunes", unit="fine-tune", disable=not show)
+    quiet = show and (level == -1 or level >= logging.WARNING)
+    with bar, quiet_per_model_output(quiet):
         for job in todo:
             bar.set_postfix_str(job.name, refresh=True)
             name = gargs.tokenizer_name or job.model_path
@@ -165,8 +177,8 @@ def run_jobs(jobs: Sequence[Job], gargs: GlueArguments, fargs: FinetuneArguments
             key = (name, job.task, job.hp.max_seq_length)
             if key not in data:  # one task's data in memory at a time
                 data = {key: tokenize_task(job.task, tokenizers[name], gargs, job.hp)}
-            logger.info("fine-tuning %s", job.name)
-            out = {**job.line, **finetune(job, tokenizers[name], data[key], gargs, fargs)}
+            logger.debug("fine-tuning %s", job.name)
+            out = {**job.line, **finetune(job, tokenizers[name], data[key], gargs, fargs, quiet)}
             results.append(out)
             written.append(out)
             if not gargs.keep_models:
