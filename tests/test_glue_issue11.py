@@ -137,9 +137,10 @@ def test_item13_duplicate_run_names_refused(tmp_path):
 
 # -- item 14: the lr grid and the warmup -----------------------------------------------------------------------
 def grid_lines(path):
-    """kd/final on rte: lr 2e-5 best on mean (seeds 0.70, 0.60), 3e-5 (0.80, 0.40), 5e-5 diverged on seed 1."""
+    """kd/final on rte: 3e-5 best on mean (seeds 0.70, 0.60); 2e-5 (0.80, 0.40) has the best seed, 5e-5 the
+    best single score but diverged on seed 1."""
     rows = []
-    for lr, accs in ((2e-5, (0.70, 0.60)), (3e-5, (0.80, 0.40)), (5e-5, (0.90, None))):
+    for lr, accs in ((2e-5, (0.80, 0.40)), (3e-5, (0.70, 0.60)), (5e-5, (0.90, None))):
         for seed, acc in enumerate(accs):
             rows.append({"run": "kd", "checkpoint": "final", "step": 5, "gpu_hours": 1.0, "task": "rte",
                          "seed": seed, "metrics": {"accuracy": acc}, "hparams": {"learning_rate": lr},
@@ -151,10 +152,10 @@ def grid_lines(path):
 def test_item14_lr_grid_best_on_dev_selection_and_protocol_in_report(tmp_path):
     out = report.main([str(grid_lines(tmp_path / "r.jsonl")), "--baseline", "kd", "--output_dir", str(tmp_path / "o")])
     (row,) = out["rows"]
-    assert row["mean"] == pytest.approx(65.0) and row["n"] == 2  # the 2e-5 lines: mean 65 beats 60
+    assert row["mean"] == pytest.approx(65.0) and row["n"] == 2  # the 3e-5 lines: mean 65 beats 60
     assert out["protocol"].startswith("best-on-dev learning rate of 2e-05, 3e-05, 5e-05")
     md = (tmp_path / "o" / "report.md").read_text()
-    assert "Fine-tuning protocol: best-on-dev learning rate" in md and "kd/final/rte: 2e-05" in md
+    assert "Fine-tuning protocol: best-on-dev learning rate" in md and "kd/final/rte: 3e-05" in md
 
 
 def test_item14_lr_grid_run_glue(tmp_path, capsys):
