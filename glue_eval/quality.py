@@ -1,12 +1,14 @@
 """Quality points for the report: from GLUE sweep results, or straight from pretraining runs.
 
 A :class:`Point` is one quality value of one (run, checkpoint, seed) at a pretraining cost. The quality is
-the GLUE average (``metric="glue"``, BERT convention, see ``glue_eval.metrics``) or any scalar column of the
-results lines (top-level like ``score`` or inside ``metrics`` like ``accuracy``, ``eval_loss``; averaged over
-the tasks present), or any key of the runs' ``trainer_state.json`` log (``eval_loss``) via ``hf_kd.core.curves``::
+the GLUE average (``metric="glue"``, BERT Table 1) or the GLUE score (``"glue_score"``, leaderboard; see
+``glue_eval.metrics``), or any scalar column of the results lines (top-level like ``score`` or inside
+``metrics`` like ``accuracy``, ``eval_loss``; averaged over the tasks present), or any key of the runs'
+``trainer_state.json`` log (``eval_loss``) via ``hf_kd.core.curves``. Before that, :func:`select_lines`
+applies the fine-tuning protocol (lr grid: best on dev) and diverged fine-tunes are set aside::
 
     from glue_eval.quality import points_from_results
-    points, note = points_from_results(records, metric="glue", cost_key="gpu_hours")
+    points, note, info = points_from_results(records, metric="glue", cost_key="gpu_hours")
 """
 
 from __future__ import annotations
