@@ -120,6 +120,9 @@ def parse_glue_args(extra_types: Sequence[type], argv: Sequence[str]) -> tuple:
         raise ValueError("--warmup_ratio and --warmup_steps were both given; expected one of them")
     if "learning_rate" in given and gargs.learning_rates is not None:
         raise ValueError("--learning_rate and --learning_rates were both given; expected one: a fixed rate or a grid")
+    if str(getattr(fargs.eval_strategy, "value", fargs.eval_strategy)) != "no":
+        raise ValueError(f"--eval_strategy {fargs.eval_strategy.value!r} is not supported: each fine-tune is evaluated "
+                         "once on the dev split(s) after training; expected no (the default)")
     for name, value in HARNESS_DEFAULTS.items():
         if name not in given:
             setattr(fargs, name, value)

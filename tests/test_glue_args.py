@@ -75,6 +75,10 @@ def test_user_training_flags_reach_the_trainer(tmp_path, monkeypatch):
         "--torch_compile"])
     assert fargs.report_to == ["tensorboard"] and fargs.bf16 and fargs.torch_compile
     assert {"report_to", "bf16", "torch_compile", "output_dir"} <= fargs.given
+    with pytest.raises(ValueError, match="--eval_strategy 'epoch' is not supported"):
+        parse_glue_args((run_glue.RunGlueArguments,), ["--model_name_or_path", "m", "--eval_strategy", "epoch"])
+    with pytest.raises(ValueError, match="--seed is not used .* expected --seeds"):
+        parse_glue_args((run_glue.RunGlueArguments,), ["--model_name_or_path", "m", "--seed", "1"])
 
 
 def test_sweep_progress_bar_and_no_load_report(tmp_path, capfd, monkeypatch):
