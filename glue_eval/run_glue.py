@@ -96,6 +96,8 @@ def format_summary(summary: dict) -> str:
         g = summary[key]
         if g["mean"] is not None:
             lines.append(f"\n**{g['what']}: {g['mean']:.2f} ± {g['std']:.2f}** ({g['n_seeds']} seeds)")
+        elif g["diverged"]:
+            lines.append(f"\n**{g['what']}: no value** (no task left that did not diverge)")
     if summary["diverged"]:
         lines.append("\n\\* diverged fine-tunes (non-finite loss or metrics), left out of the averages: "
                      + ", ".join(summary["diverged"]))
