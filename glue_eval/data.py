@@ -8,7 +8,7 @@ columns with the float score last; MNLI's label is ``gold_label``. Every split c
 column names and label ids, so both sources feed the same code::
 
     from glue_eval.data import load_task
-    splits = load_task("rte", glue_dir="../shared/data/glue")   # DatasetDict: train, validation
+    splits = load_task("rte", glue_dir="data/glue")   # DatasetDict: train, validation (no glue_dir: the Hub)
 """
 
 from __future__ import annotations

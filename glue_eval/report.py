@@ -18,7 +18,11 @@ Budget frontier (baselines trained with full schedules at several budgets)::
 
 Speed-ups come from ``hf_kd.core.curves`` (paper-style sustained crossing; budget frontier); the spread is the
 mean ± std of the speed-ups computed per fine-tuning seed (seed i of a run against seed i of the baseline).
-Writes ``report.md``, ``table.csv``, ``speedups.csv``, ``curves.png``, ``report.json`` in ``--output_dir``.
+A run whose curve cannot be told from the baseline's -- both constant at one value, or the difference of the
+means within the seed spread (sqrt(std_run² + std_baseline²)) at every step both evaluated -- gets "no signal"
+instead of a speed-up. Diverged fine-tunes are listed and left out; the fine-tuning protocol (fixed learning
+rate, or best-on-dev of a grid) is stated. Writes ``report.md``, ``table.csv``, ``speedups.csv``,
+``curves.png`` (mean ± std band over seeds), ``report.json`` in ``--output_dir``.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,20 +45,23 @@ from hf_kd.core.curves import (
     sustained_crossing_cost,
 )
 
-from .quality import mean_curves, points_from_results, points_from_runs, seed_curves, table_rows
+from .quality import mark_diverged, mean_curves, points_from_results, points_from_runs, seed_curves, table_rows
 from .results import read_records
 
 
 @dataclass
 class ReportArguments:
+    """Inputs and options of ``glue_eval.report``."""
+
     baseline: str = field(metadata={"help": "Name of the baseline run (its folder name)."})
     output_dir: str = field(metadata={"help": "Where report.md, table.csv, speedups.csv, curves.png go."})
     results: str | None = field(default=None, metadata={"help": "Sweep results JSONL (also the first positional "
                                                         "argument)."})
     from_runs: list[str] | None = field(default=None, metadata={"help": "Pretraining run folders: read their "
                                                                 "trainer_state.json instead of a results file."})
-    metric: str = field(default="glue", metadata={"help": "'glue' (GLUE average) or a scalar key, e.g. "
-                                                  "accuracy, score, eval_loss."})
+    metric: str = field(default="glue", metadata={"help": "'glue' (GLUE average, BERT Table 1), 'glue_score' (GLUE "
+                                                  "leaderboard score) or a scalar key, e.g. accuracy, score, "
+                                                  "eval_loss."})
     lower_is_better: bool = field(default=False, metadata={"help": "The metric improves downwards (losses)."})
     cost: str = field(default="gpu_hours", metadata={"help": "Cost axis: gpu_hours or step."})
     tasks: str | None = field(default=None, metadata={"help": "Only these tasks of the results file."})
@@ -66,6 +74,18 @@ def _fmt_spread(values: list) -> str:
     if n == 0:
         return f"not reached (0/{len(values)} seeds)"
     return f"{m:.2f}x{f' ± {s:.2f}' if n > 1 else ''} ({n}/{len(values)} seeds)"
+
+
+def no_signal(base_rows, run_rows, tol: float = 1e-9) -> str:
+    """Why a run's curve cannot be told from the baseline's ("" when it can)."""
+    means = [r.mean for r in [*base_rows, *run_rows]]
+    if means and max(means) - min(means) <= tol * max(1.0, abs(means[0])):
+        return f"both constant at {means[0]:.4f}"
+    base = {r.step: r for r in base_rows if r.step is not None}
+    pairs = [(base[r.step], r) for r in run_rows if r.step in base]
+    if pairs and all(abs(a.mean - b.mean) <= math.hypot(a.std or 0.0, b.std or 0.0) + tol for a, b in pairs):
+        return f"difference within the seed spread at all {len(pairs)} common steps"
+    return ""
 
 
 def speedup_rows(rows, points, args: ReportArguments) -> list[dict]:
@@ -81,9 +101,13 @@ def speedup_rows(rows, points, args: ReportArguments) -> list[dict]:
         common = [s for s in seeds[run] if s in seeds[args.baseline]]
         per_seed = [paper_speedup(seeds[args.baseline][s], seeds[run][s]) for s in common]
         row = {"run": run, "target": base.final_quality,
-               "crossing_cost": sustained_crossing_cost(curve, base.final_quality), "paper_speedup": paper_speedup(base, curve), "paper_speedup_per_seed": per_seed}
-        row["paper"] = format_speedup(row["paper_speedup"])
-        row["paper_seeds"] = _fmt_spread(per_seed) if len(common) > 1 else ""
+               "crossing_cost": sustained_crossing_cost(curve, base.final_quality),
+               "paper_speedup": paper_speedup(base, curve), "paper_speedup_per_seed": per_seed}
+        row["no_signal"] = no_signal([r for r in rows if r.run == args.baseline], [r for r in rows if r.run == run])
+        if row["no_signal"]:
+            row["paper_speedup"], row["paper_speedup_per_seed"] = None, []
+        row["paper"] = "no signal" if row["no_signal"] else format_speedup(row["paper_speedup"])
+        row["paper_seeds"] = _fmt_spread(per_seed) if len(common) > 1 and not row["no_signal"] else ""
         if frontier:
             row["frontier_speedup"] = frontier_speedup([means[f] for f in frontier], curve)
             fs = [frontier_speedup([seeds[f][s] for f in frontier], seeds[run][s]) for s in common
@@ -98,22 +122,45 @@ def _fmt(x, spec: str = ".4f") -> str:
     return "" if x is None else format(x, spec)
 
 
-def render_markdown(rows, speedups, args: ReportArguments, note: str) -> str:
-    what = "GLUE average" if args.metric == "glue" else args.metric
-    quality = note if args.metric == "glue" else f"{what} ({note})"
+def _what(metric: str) -> str:
+    return {"glue": "GLUE average (BERT Table 1)", "glue_score": "GLUE score (leaderboard)"}.get(metric, metric)
+
+
+def _notes(info: dict) -> list[str]:
+    lines = []
+    if info.get("protocol"):
+        lines += ["", f"Fine-tuning protocol: {info['protocol']}."]
+    if info.get("selected"):
+        lines += ["", "Selected learning rates: " + "; ".join(f"{'/'.join(map(str, k))}: {lr:g}"
+                                                              for k, lr in info["selected"].items()) + "."]
+    if info.get("diverged"):
+        lines += ["", "\\* **diverged fine-tunes** (non-finite loss or metrics): their (run, checkpoint, seed) is "
+                  "left out of the means, the curves and the speed-ups: " + "; ".join(info["diverged"]) + "."]
+    return lines
+
+
+def render_markdown(rows, speedups, args: ReportArguments, note: str, info: dict | None = None) -> str:
+    what = _what(args.metric)
+    quality = note if args.metric in ("glue", "glue_score") else f"{what} ({note})"
     lines = [f"# {what} vs pretraining {args.cost}", "", f"Quality: {quality}; "
-             f"{'lower' if args.lower_is_better else 'higher'} is better. Baseline: `{args.baseline}`.", "",
-             f"| run | checkpoint | step | {args.cost} | {what} mean | std | seeds |", "|---|---|---|---|---|---|---|"]
+             f"{'lower' if args.lower_is_better else 'higher'} is better. Baseline: `{args.baseline}`.",
+             *_notes(info or {}), "",
+             f"| run | checkpoint | step | {args.cost} | {what} mean | std | seeds | diverged seeds* |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r.run} | {r.checkpoint} | {'' if r.step is None else r.step} | {r.cost:.6g} | "
-                     f"{_fmt(r.mean)} | {_fmt(r.std)} | {r.n} |")
+        mean = "diverged*" if r.n == 0 else _fmt(r.mean)
+        lines.append(f"| {r.run} | {r.checkpoint} | {'' if r.step is None else r.step} | {_fmt(r.cost, '.6g')} | "
+                     f"{mean} | {_fmt(r.std)} | {r.n} | {r.diverged or ''} |")
     lines += ["", "## Speed-up over the baseline", "",
-              f"Target: the baseline's final {what} = {_fmt(speedups[0]['target']) if speedups else ''}.", "",
+              f"Target: the baseline's final {what} = {_fmt(speedups[0]['target']) if speedups else ''}. "
+              "\"no signal\": the run's curve cannot be told from the baseline's (both constant, or the difference "
+              "within the seed spread at every common step).", "",
               f"| run | reaches target at ({args.cost}) | paper-style | per seed (mean ± std) |"
               + (" budget frontier | per seed |" if args.frontier else ""),
               "|---|---|---|---|" + ("---|---|" if args.frontier else "")]
     for s in speedups:
         crossing = "not reached" if s["crossing_cost"] is None else f"{s['crossing_cost']:.6g}"
+        crossing = f"no signal ({s['no_signal']})" if s.get("no_signal") else crossing
         line = f"| {s['run']} | {crossing} | {s['paper']} | {s['paper_seeds']} |"
         lines.append(line + (f" {s['frontier']} | {s['frontier_seeds']} |" if args.frontier else ""))
     return "\n".join(lines) + "\n"
@@ -135,35 +182,51 @@ def _load_points(args: ReportArguments):
     if args.cost not in ("gpu_hours", "step"):
         raise ValueError(f"--cost {args.cost!r} is invalid; expected gpu_hours or step")
     if args.from_runs:
-        return points_from_runs(args.from_runs, args.metric, args.cost, not args.lower_is_better), "trainer_state.json"
+        points = points_from_runs(args.from_runs, args.metric, args.cost, not args.lower_is_better)
+        return points, "trainer_state.json", {"ylabel": args.metric}
     if not Path(args.results).is_file():
         raise FileNotFoundError(f"results file {args.results!r} does not exist; expected a glue_eval.sweep JSONL")
     return points_from_results(read_records(args.results)[0], args.metric, args.cost, args.tasks)
 
 
+def _plot(rows, args: ReportArguments, ylabel: str, path: Path) -> None:
+    curves = mean_curves(rows, not args.lower_is_better)
+    spread = {run: [r.std or 0.0 for r in rows if r.run == run] for run in curves}
+    xlabel = {"gpu_hours": "pretraining GPU-hours", "step": "pretraining step"}[args.cost]
+    plot_curves(list(curves.values()), path, xlabel=xlabel, ylabel=ylabel, title=f"{_what(args.metric)} vs "
+                "pretraining cost (mean ± std over seeds)", baseline=args.baseline,
+                target=curves[args.baseline].final_quality if args.baseline in curves else None, spread=spread)
+
+
 def build_report(args: ReportArguments) -> dict:
-    """Compute everything, then write the files (nothing is written when an input is bad)."""
-    points, note = _load_points(args)
+    """Quality-vs-cost table, curves and speed-ups from ``args``; files written only when every input is valid.
+
+    Returns the report dict (``rows``, ``speedups``, ``protocol``, ``diverged``, ``ylabel``, ...), also
+    written as ``report.json``.
+    """
+    points, note, info = _load_points(args)
     rows = table_rows(points)
     runs = list(dict.fromkeys(r.run for r in rows))
+    diverged_runs = {d.split("/")[0] for d in info.get("diverged", [])}
     for name in [args.baseline, *(args.frontier or [])]:
-        if name not in runs:
+        if name not in runs and name not in diverged_runs:
             raise ValueError(f"run {name!r} (--baseline/--frontier) has no data; expected one of {runs}")
-    speedups = speedup_rows(rows, points, args)
-    md = render_markdown(rows, speedups, args, note)
+    ok = all(name in runs for name in [args.baseline, *(args.frontier or [])])
+    speedups = speedup_rows(rows, points, args) if ok else []
+    table = mark_diverged(rows, info.get("diverged_groups", []))
+    md = render_markdown(table, speedups, args, note, info)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    curves = mean_curves(rows, not args.lower_is_better)
-    ylabel = "GLUE average" if args.metric == "glue" else args.metric
-    xlabel = {"gpu_hours": "pretraining GPU-hours", "step": "pretraining step"}[args.cost]
-    plot_curves(list(curves.values()), out / "curves.png", xlabel=xlabel,
-                ylabel=ylabel, title=f"{ylabel} vs pretraining cost", baseline=args.baseline,
-                target=curves[args.baseline].final_quality)
+    if rows:
+        _plot(rows, args, info["ylabel"], out / "curves.png")
     (out / "report.md").write_text(md)
-    (out / "table.csv").write_text(render_csv([asdict(r) for r in rows]))
+    (out / "table.csv").write_text(render_csv([asdict(r) for r in table]))
     flat = [{k: v for k, v in s.items() if not k.endswith("_per_seed")} for s in speedups]
     (out / "speedups.csv").write_text(render_csv(flat))
-    report = {"metric": args.metric, "note": note, "rows": [asdict(r) for r in rows], "speedups": speedups}
+    report = {"metric": args.metric, "note": note, "ylabel": info["ylabel"], "protocol": info.get("protocol"),
+              "selected_learning_rates": {"/".join(map(str, k)): v for k, v in info.get("selected", {}).items()},
+              "diverged": info.get("diverged", []), "rows": [asdict(r) for r in rows],
+              "table": [asdict(r) for r in table], "speedups": speedups}
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     print(md)
     return report

@@ -1,4 +1,11 @@
-"""The results file: one JSON line per (run, checkpoint, task, seed), appended durably, resumable.
+"""The results file: one JSON line per fine-tune, appended durably, resumable.
+
+A line is keyed by (run, checkpoint, task, seed, ``config_hash``): the hash of its ``config``, everything
+that shapes the result (hyperparameters, training flags, caps, data source, tokenizer, the checkpoint's
+identity: resolved path and its weight files' size and mtime). A rerun with another learning rate, without a
+smoke test's caps, on other data or on rewritten weights therefore computes new lines instead of reusing old
+ones. Each line also names its run folder (``run_path``); a run name already used in the file for another
+folder is refused (:func:`check_run_names`).
 
 Each finished entry is written as one line with flush + fsync, so a killed sweep loses at most the entry it
 was computing. On start the file is read back; a truncated last line (a write cut by the kill) is cut off
@@ -11,6 +18,7 @@ the file, and finished keys are skipped, so a rerun neither duplicates nor loses
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -18,11 +26,26 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-KEY_FIELDS = ("run", "checkpoint", "task", "seed")
+KEY_FIELDS = ("run", "checkpoint", "task", "seed", "config_hash")
 
 
 def entry_key(record: dict) -> tuple:
     return tuple(str(record.get(k)) for k in KEY_FIELDS)
+
+
+def config_hash(config: dict) -> str:
+    """Short stable hash of a JSON-able configuration."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def check_run_names(records: list[dict], run_paths: dict[str, str], where: str) -> None:
+    """Refuse a run name whose existing lines in ``where`` came from another run folder."""
+    for name, path in run_paths.items():
+        other = next((r["run_path"] for r in records if r.get("run") == name and r.get("run_path")
+                      and r["run_path"] != path), None)
+        if other:
+            raise ValueError(f"run name {name!r} of {path!r} collides: {where!r} already holds lines of {other!r} "
+                             "under that name; expected distinct names (give --run_names, or another results file)")
 
 
 def read_records(path: str | Path) -> tuple[list[dict], int]:

@@ -1,17 +1,19 @@
-"""Fine-tune one checkpoint on GLUE and report its GLUE average (console script ``hf-kd-glue``).
+"""Fine-tune one checkpoint on GLUE and report its two GLUE scores (console script ``hf-kd-glue``).
 
-Offline, on the original GLUE files (a CPU smoke run)::
+On a folder of the original GLUE download (a CPU smoke run; ``--glue_dir`` is a folder you provide)::
 
     python -m glue_eval.run_glue --model_name_or_path runs/kd --tasks rte,mrpc --seeds 0 1 2 \\
-        --glue_dir ../shared/data/glue --max_train_samples 256 --max_steps 20 --output_dir glue/kd
+        --glue_dir data/glue --max_train_samples 256 --max_steps 20 --use_cpu --output_dir glue/kd
 
-Full GLUE, BERT recipe, on GPUs (data from the Hub's ``nyu-mll/glue``)::
+Full GLUE on GPUs, data from the Hub's ``nyu-mll/glue``, BERT's protocol (lr grid, best on dev)::
 
-    accelerate launch --num_processes 8 -m glue_eval.run_glue --model_name_or_path runs/bert-base-kd \\
-        --tasks all --seeds 0 1 2 --bf16 --output_dir glue/bert-base-kd
+    accelerate launch --num_processes 8 -m glue_eval.run_glue --model_name_or_path runs/kd --tasks all \\
+        --seeds 0 1 2 --learning_rates 2e-5 3e-5 4e-5 5e-5 --num_train_epochs 3 --bf16 --output_dir glue/kd
 
-Writes ``<output_dir>/results.jsonl`` (one line per task and seed; a rerun skips finished ones) and
-``<output_dir>/summary.json`` (per-task mean/std over seeds and the GLUE average, BERT convention).
+Every ``TrainingArguments`` flag applies to the fine-tunes (``glue_eval.args``). Writes
+``<output_dir>/results.jsonl`` (one line per fine-tune; a rerun skips finished ones) and
+``<output_dir>/summary.json``: per-task mean/std over seeds, the GLUE average (BERT Table 1) and the GLUE
+score (leaderboard), the protocol, and the diverged fine-tunes (left out of the averages, marked ``*``).
 """
 
 from __future__ import annotations
@@ -22,22 +24,25 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hf_kd.core.cli_utils import parse_args, run_cli
+from hf_kd.core.cli_utils import run_cli
 from hf_kd.core.curves import mean_std
 
-from .finetune import FinetuneArguments, evaluate_model
-from .metrics import glue_average
-from .results import ResultsFile
+from .args import FinetuneArguments, GlueArguments, parse_glue_args
+from .finetune import run_jobs
+from .metrics import glue_average, glue_leaderboard_score
+from .plan import plan_model, validate
+from .quality import line_diverged, select_lines
+from .results import ResultsFile, check_run_names
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class RunGlueArguments:
-    model_name_or_path: str = field(metadata={"help": "Pretrained checkpoint folder (or Hub id) to fine-tune."})
-    output_dir: str = field(metadata={"help": "Where results.jsonl, summary.json and work folders go."})
-    run_name: str | None = field(default=None, metadata={"help": "Name in the results (default: the model "
-                                                         "folder's name)."})
+    """The checkpoint to fine-tune (``--output_dir``, ``--run_name`` are ``TrainingArguments``')."""
+
+    model_name_or_path: str = field(metadata={"help": "Pretrained checkpoint folder (or Hub id) to fine-tune. Its "
+                                              "name in the results: --run_name, default the folder's name."})
 
 
 def is_main_process() -> bool:
@@ -46,21 +51,36 @@ def is_main_process() -> bool:
     return PartialState().is_main_process
 
 
+def _score_summary(averages: dict) -> dict:
+    mean, std, n = mean_std([a.value for a in averages.values()])
+    diverged = sorted({t for a in averages.values() for t in a.diverged})
+    labels = [a for a in averages.values() if a.diverged] or list(averages.values())
+    return {"mean": mean, "std": std, "n_seeds": n, "what": labels[0].label if labels else "",
+            "diverged": diverged, "per_seed": {str(s): a.value for s, a in averages.items()}}
+
+
 def summarize(records: list[dict]) -> dict:
-    """Per-task mean/std of each metric over seeds, and the GLUE average per seed and over seeds."""
+    """Per-task mean/std of each metric over seeds, both GLUE scores per seed and over seeds, diverged lines.
+
+    A diverged line counts as that task diverged for its seed: left out of the task's statistics and of
+    that seed's GLUE scores (the label says so).
+    """
     by_seed: dict[int, dict[str, dict]] = {}
-    for r in records:
-        by_seed.setdefault(r["seed"], {})[r["task"]] = r["metrics"]
     tasks: dict[str, dict] = {}
+    diverged = []
     for r in records:
+        bad = line_diverged(r)
+        by_seed.setdefault(r["seed"], {})[r["task"]] = {k: None for k in r["metrics"]} if bad else r["metrics"]
+        if bad:
+            diverged.append(f"{r['task']} seed {r['seed']}")
+            tasks.setdefault(r["task"], {})
+            continue
         for k, v in r["metrics"].items():
             tasks.setdefault(r["task"], {}).setdefault(k, []).append(v)
     per_task = {t: {k: dict(zip(("mean", "std", "n"), mean_std(v))) for k, v in m.items()} for t, m in tasks.items()}
-    averages = {s: glue_average(m) for s, m in sorted(by_seed.items())}
-    mean, std, n = mean_std([a.value for a in averages.values()])
-    label = next(iter(averages.values())).label if averages else ""
-    return {"tasks": per_task, "glue_average": {"mean": mean, "std": std, "n_seeds": n, "what": label,
-                                                "per_seed": {str(s): a.value for s, a in averages.items()}}}
+    return {"tasks": per_task, "diverged": diverged,
+            "glue_average": _score_summary({s: glue_average(m) for s, m in sorted(by_seed.items())}),
+            "glue_score": _score_summary({s: glue_leaderboard_score(m) for s, m in sorted(by_seed.items())})}
 
 
 def format_summary(summary: dict) -> str:
@@ -69,24 +89,42 @@ def format_summary(summary: dict) -> str:
         for k, s in metrics.items():
             if s["mean"] is not None:
                 lines.append(f"| {task} | {k} | {s['mean']:.4f} | {s['std']:.4f} | {s['n']} |")
-    g = summary["glue_average"]
-    if g["mean"] is not None:
-        lines.append(f"\n**{g['what']}: {g['mean']:.2f} ± {g['std']:.2f}** ({g['n_seeds']} seeds)")
+        bad = [d.split(" seed ")[1] for d in summary["diverged"] if d.split(" seed ")[0] == task]
+        if bad:
+            lines.append(f"| {task} | diverged | | | seed {', '.join(bad)} |")
+    for key in ("glue_average", "glue_score"):
+        g = summary[key]
+        if g["mean"] is not None:
+            lines.append(f"\n**{g['what']}: {g['mean']:.2f} ± {g['std']:.2f}** ({g['n_seeds']} seeds)")
+        elif g["diverged"]:
+            lines.append(f"\n**{g['what']}: no value** (no task left that did not diverge)")
+    if summary["diverged"]:
+        lines.append("\n\\* diverged fine-tunes (non-finite loss or metrics), left out of the averages: "
+                     + ", ".join(summary["diverged"]))
+    if summary.get("protocol"):
+        lines.append(f"\nFine-tuning protocol: {summary['protocol']}")
     return "\n".join(lines)
 
 
-def run(gargs: RunGlueArguments, fargs: FinetuneArguments) -> dict:
-    """Validate everything, then fine-tune every (task, seed) not yet done; returns the summary."""
-    tasks = fargs.validate()
-    name = gargs.run_name or Path(gargs.model_name_or_path.rstrip("/")).name
-    out = Path(gargs.output_dir)
+def evaluate_on_glue(model_name_or_path: str, gargs: GlueArguments, fargs: FinetuneArguments,
+                     run_name: str | None = None) -> dict:
+    """Validate everything, fine-tune every (task, seed[, lr]) not yet done, write and return the summary."""
+    tasks = validate(gargs, fargs)
+    name = run_name or Path(model_name_or_path.rstrip("/")).name
+    out = Path(fargs.output_dir)
     main_proc = is_main_process()
     results = ResultsFile(out / "results.jsonl", writer=main_proc)
-    record = {"run": name, "checkpoint": "final"}
-    evaluate_model(gargs.model_name_or_path, fargs, results, record, out / "work", tasks)
-    mine = [r for r in results.records if r["run"] == name and r["checkpoint"] == "final" and r["task"] in tasks
-            and r["seed"] in fargs.seeds]
-    summary = summarize(mine)
+    path = str(Path(model_name_or_path).resolve()) if Path(model_name_or_path).is_dir() else model_name_or_path
+    check_run_names(results.records, {name: path}, str(results.path))
+    record = {"run": name, "checkpoint": "final", "run_path": path}
+    jobs = plan_model(model_name_or_path, record, gargs, fargs, tasks, out / "work")
+    run_jobs(jobs, gargs, fargs, results, show_progress=main_proc)
+    hashes = {j.line["config_hash"] for j in jobs}
+    mine = [r for r in results.records if r.get("config_hash") in hashes and r["run"] == name
+            and r["seed"] in gargs.seeds]
+    kept, info = select_lines(mine)
+    summary = {**summarize(kept), "protocol": info["protocol"],
+               "selected_learning_rates": {k[2]: lr for k, lr in info["selected"].items()}}
     if main_proc:
         (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
         print(format_summary(summary))
@@ -97,8 +135,9 @@ def main(argv: list[str] | None = None) -> dict | int:
     """With ``argv`` (tests): the summary, errors raised. Without (console): exit status, errors in one line."""
     if argv is None:
         return run_cli(lambda: main(sys.argv[1:]))
-    gargs, fargs = parse_args((RunGlueArguments, FinetuneArguments), argv)
-    return run(gargs, fargs)
+    rargs, gargs, fargs = parse_glue_args((RunGlueArguments,), argv)
+    run_name = fargs.run_name if "run_name" in fargs.given else None
+    return evaluate_on_glue(rargs.model_name_or_path, gargs, fargs, run_name)
 
 
 if __name__ == "__main__":

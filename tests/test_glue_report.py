@@ -54,7 +54,7 @@ def test_paper_speedups_through_report(tmp_path, capsys):
     assert s["kd_slow"]["paper_seeds"] == "not reached (0/3 seeds)"
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "| kd | 2.5 | 1.60x |" in md and "| kd_slow | not reached | not reached |" in md
-    assert "GLUE average over 1/8 tasks present (rte;" in md and md in capsys.readouterr().out
+    assert "GLUE average (BERT Table 1) over 1/8 tasks present (rte;" in md and md in capsys.readouterr().out
     rows = list(csv.DictReader(open(tmp_path / "rep" / "table.csv")))
     assert len(rows) == 5 * 4
     base_final = next(r for r in rows if r["run"] == "baseline" and r["checkpoint"] == "checkpoint-4")

@@ -49,7 +49,7 @@ def test_find_checkpoints_cost_and_step(tmp_path):
         "train_seconds": 360.0, "num_processes": 2}}}}, 3, "x") == pytest.approx(0.2)
     with pytest.raises(ValueError, match="no gpu_hours at or before step 3"):
         sweep.gpu_hours_at({"log_history": [{"step": 4, "gpu_hours": 1.0}]}, 3, "ck")
-    with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
+    with pytest.raises(FileNotFoundError, match="holds no complete checkpoint"):
         sweep.find_checkpoints((tmp_path / "empty").mkdir() or tmp_path / "empty")
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -178,8 +178,12 @@ def curve_from_jsonl(path: str | Path, name: str | None = None, quality_key: str
 
 
 def plot_curves(curves: Sequence[Curve], path: str | Path, xlabel: str = "GPU-hours", ylabel: str = "quality",
-                title: str = "", baseline: str | None = None, target: float | None = None) -> Path:
-    """PNG of quality vs cost, one line per curve; the baseline drawn thick and black, the target dashed."""
+                title: str = "", baseline: str | None = None, target: float | None = None,
+                spread: Mapping[str, Sequence[float]] | None = None) -> Path:
+    """PNG of quality vs cost, one line per curve; the baseline drawn thick and black, the target dashed.
+
+    ``spread`` (curve name -> one value per point, e.g. the std over seeds) draws a band of quality ± spread.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -188,8 +192,12 @@ def plot_curves(curves: Sequence[Curve], path: str | Path, xlabel: str = "GPU-ho
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for c in curves:
         is_base = c.name == baseline
-        ax.plot(c.cost, c.quality, marker="o", markersize=3, label=c.name,
-                color="black" if is_base else None, linewidth=2.5 if is_base else 1.5)
+        (line,) = ax.plot(c.cost, c.quality, marker="o", markersize=3, label=c.name,
+                          color="black" if is_base else None, linewidth=2.5 if is_base else 1.5)
+        if spread and c.name in spread:
+            s = list(spread[c.name])
+            ax.fill_between(c.cost, [q - d for q, d in zip(c.quality, s)], [q + d for q, d in zip(c.quality, s)],
+                            color=line.get_color(), alpha=0.2, linewidth=0)
     if target is not None:
         ax.axhline(target, linestyle="--", color="grey", linewidth=1, label="baseline final")
     ax.set_xlabel(xlabel)
