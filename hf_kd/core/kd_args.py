@@ -31,12 +31,19 @@ KD_FIELDS: dict[str, tuple[object, str]] = {
 }
 
 
+# Flags with a fixed set of values: argparse lists them in --help and rejects anything else.
+KD_CHOICES: dict[str, tuple[str, ...]] = {"kd_teacher_selection": TEACHER_SELECTIONS, "kd_divergence": DIVERGENCES}
+
+
 def kd_field(name: str, help: str | None = None):
-    """A dataclass field for the ``kd_*`` flag ``name`` with its shared default and help."""
+    """A dataclass field for the ``kd_*`` flag ``name`` with its shared default, help and allowed values."""
     default, text = KD_FIELDS[name]
     # argparse %-formats help strings: a literal "%" (e.g. "20-50%") must be doubled or --help crashes.
     text = (help or text).replace("%%", "%").replace("%", "%%")
-    return field(default=default, metadata={"help": text})
+    metadata = {"help": text}
+    if name in KD_CHOICES:
+        metadata["choices"] = KD_CHOICES[name]
+    return field(default=default, metadata=metadata)
 
 
 def bad_value(name: str, value, expected: str) -> ValueError:
