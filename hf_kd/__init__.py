@@ -23,7 +23,17 @@ _EXPORTS = {
     "DistillationTrainingArguments": ".text.config",
     "DistillationTrainer": ".text.trainer",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = [  # kept literal for tools; tests/test_cli.py checks it equals _EXPORTS
+    "CostCallback",
+    "CostMeter",
+    "DistillationTrainer",
+    "DistillationTrainingArguments",
+    "distillation_loss",
+    "kd_is_active",
+    "kd_weight",
+    "resolve_kd_stop_step",
+    "teacher_indices",
+]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on demand
     from .core.callbacks import CostCallback

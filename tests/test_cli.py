@@ -8,10 +8,10 @@ import logging
 import os
 import subprocess
 import sys
-import tomllib
 from dataclasses import dataclass, field
 
 import pytest
+import tomllib
 
 from hf_kd.core.cli_utils import UserError, parse_args, run_cli
 from hf_kd.core.errors import DataError
@@ -27,8 +27,8 @@ def _python(code: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("flag", ["--help", "--version"])
 def test_help_and_version_exit_0_without_importing_torch(flag):
-    proc = _python("import sys\nfrom hf_kd.cli import main\nrc = main([%r])\n"
-                   "print('IMPORTED', 'torch' in sys.modules, 'transformers' in sys.modules)\nsys.exit(rc)" % flag)
+    proc = _python(f"import sys\nfrom hf_kd.cli import main\nrc = main([{flag!r}])\n"
+                   "print('IMPORTED', 'torch' in sys.modules, 'transformers' in sys.modules)\nsys.exit(rc)")
     assert proc.returncode == 0, proc.stderr
     assert "IMPORTED False False" in proc.stdout
     if flag == "--help":
@@ -36,6 +36,14 @@ def test_help_and_version_exit_0_without_importing_torch(flag):
     else:
         version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
         assert proc.stdout.startswith(f"hf-kd {version}")
+
+
+def test_package_exports_are_lazy_and_complete():
+    import hf_kd
+
+    assert sorted(hf_kd.__all__) == sorted(hf_kd._EXPORTS)
+    for name in hf_kd.__all__:
+        assert getattr(hf_kd, name) is not None
 
 
 def test_console_module_help_exit_status():
@@ -179,3 +187,54 @@ def test_hf_kd_debug_shows_user_error_traceback(monkeypatch):
     monkeypatch.setenv("HF_KD_DEBUG", "1")
     with pytest.raises(UserError):
         run_cli(lambda: (_ for _ in ()).throw(UserError("bad flag --x")))
+
+
+# -- a mistyped local teacher path fails at once, without the Hub --------------------------------------------
+@pytest.fixture
+def no_hub(monkeypatch):
+    """Any Hub download or API call fails the test."""
+    import huggingface_hub
+    import transformers.utils.hub as th
+
+    def refuse(*a, **k):
+        raise AssertionError("the Hub was called")
+
+    for mod, name in [(huggingface_hub, "hf_hub_download"), (huggingface_hub, "snapshot_download"),
+                      (huggingface_hub.file_download, "hf_hub_download"), (th, "hf_hub_download"),
+                      (huggingface_hub.HfApi, "model_info")]:
+        if hasattr(mod, name):
+            monkeypatch.setattr(mod, name, refuse)
+
+
+@pytest.mark.parametrize("name,local", [
+    ("runs/nope", True), ("./teacher", True), ("../x", True), ("/abs/x", True), ("~/x", True), ("a/b/c", True),
+    ("bert-base-uncased", False), ("google/bert_uncased_L-2_H-128_A-2", False)])
+def test_path_like_teacher_names(tmp_path, monkeypatch, name, local):
+    from hf_kd.core.teachers import looks_like_local_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    assert looks_like_local_path(name) is local
+
+
+def test_mistyped_local_teacher_is_one_line_error_before_data_or_hub(tmp_path, monkeypatch, capsys, no_hub):
+    import run_scripts.run_mlm_kd as script
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    monkeypatch.setattr(script, "run_pretraining", lambda *a: pytest.fail("went on to data and training"))
+    rc = run_cli(lambda: script.main(["--output_dir", "runs/kd", "--teacher_model_name_or_path", "runs/nope",
+                                      "--report_to", "none", "--use_cpu", "true"]))
+    err = capsys.readouterr().err
+    assert rc == 2 and "error: teacher 'runs/nope' does not exist" in err and "Traceback" not in err
+
+
+def test_library_load_of_mistyped_local_teacher_never_calls_the_hub(tmp_path, monkeypatch, no_hub):
+    from transformers import AutoModelForMaskedLM
+
+    from hf_kd.core.teachers import TeacherLoadError, load_pretrained
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(TeacherLoadError, match="'runs/nope' does not exist"):
+        load_pretrained("runs/nope", AutoModelForMaskedLM)
