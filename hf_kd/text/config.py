@@ -75,6 +75,12 @@ class DistillationTrainingArguments(TrainingArguments):
         default=False,
         metadata={"help": "Train into a non-empty output_dir (otherwise refused, so no run is overwritten)."},
     )
+    hub_strategy: str = field(
+        default="end",
+        metadata={"help": "With --push_to_hub: 'end' = upload the finished run folder (model, tokenizer, model card, "
+                  "results) once after training; the only strategy hf-kd supports (checkpoints are not uploaded).",
+                  "choices": ("end", "every_save", "checkpoint", "all_checkpoints")},
+    )
     on_nonfinite_loss: str = field(
         default="stop",
         metadata={"help": "What a NaN/inf training loss does: 'stop' = raise, naming the step (the last checkpoint "
