@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # The student, as the README shows it: KD for the first half of its steps, then plain MLM.
     student = tiny_bert(tokenizer, layers=1, hidden=64, seed=1)
     args = DistillationTrainingArguments(
-        output_dir=str(out / "kd"), **common,
+        output_dir=str(out / "kd"), **common,  # max_steps, batch size, learning rate, ...
         kd_alpha=0.5, kd_temperature=1.0,    # loss = (1-a)·MLM + a·T²·KL(teacher‖student)
         kd_stop_ratio=0.5,                   # KD for the first half, then plain MLM, teacher freed
         kd_positions="masked")               # KD where labels != -100; "all" = every non-padding token

@@ -14,7 +14,8 @@ from .schedule import TEACHER_SELECTIONS
 
 KD_FIELDS: dict[str, tuple[object, str]] = {
     "kd_alpha": (0.9, "Weight of the KD term in [0, 1]; the hard-label (MLM) loss gets 1 - kd_alpha. 0.9 is what "
-                 "the paper's released code used; at tiny scale 0.5 worked better (see README, reproduce)."),
+                 "the paper's released code used; hf-kd reproduce's measured runs use 0.5 with temperature 1 "
+                 "(docs/reproduce_builtin.md)."),
     "kd_temperature": (4.0, "Softmax temperature T > 0 for teacher and student; the KD term is multiplied by T^2 "
                        "(Hinton et al. 2015) so its gradient scale does not shrink with T. 4.0 as in the paper's code."),
     "kd_stop_ratio": (None, "Stop KD after this fraction of the optimizer steps, in (0, 1]; stop = ceil(ratio * "
