@@ -1,6 +1,6 @@
 """Distil a small BERT during MLM pretraining with hf-kd, end to end, offline, in under a minute on a CPU.
 
-    python examples/distill_mlm.py                 # teacher 80 steps, student 40
+    python examples/distill_mlm.py                 # teacher 60 steps, student 30
     python examples/distill_mlm.py --steps 5       # a quicker look
 
 1. data: the built-in corpus (Python's own standard-library documentation: no download), a WordPiece
@@ -57,7 +57,8 @@ def tiny_bert(tokenizer, layers: int, hidden: int, seed: int) -> BertForMaskedLM
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=40, help="the student's optimizer steps (the teacher trains twice as many)")
+    parser.add_argument("--steps", type=int, default=30,
+                        help="the student's optimizer steps (the teacher trains twice as many)")
     parser.add_argument("--output_dir", default="runs/example", help="where the two runs are written")
     a = parser.parse_args(argv)
     out = Path(a.output_dir)
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     # The teacher: plain MLM for twice the student's steps (no teacher_model = the no-KD baseline path).
     teacher = tiny_bert(tokenizer, layers=2, hidden=96, seed=0)
-    teacher_args = DistillationTrainingArguments(output_dir=str(out / "teacher"), **{**common, "max_steps": 2 * a.steps})
+    teacher_args = DistillationTrainingArguments(output_dir=str(out / "teacher"),
+                                                 **{**common, "max_steps": 2 * a.steps})
     DistillationTrainer(model=teacher, args=teacher_args, train_dataset=train, data_collator=collator).train()
 
     # The student, as the README shows it: KD for the first half of its steps, then plain MLM.

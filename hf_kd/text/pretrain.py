@@ -127,7 +127,8 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, args: 
     metrics["teacher_forwards"] = len(trainer.teacher_calls)
     trainer.save_metrics("all", {k: (float(v) if isinstance(v, np.floating) else v) for k, v in metrics.items()})
     # As run_mlm.py: print the final train/eval metrics and keep them in train_results.json / eval_results.json.
-    for split, values in (("train", train_result.metrics), ("eval", {**eval_metrics, "perplexity": metrics["perplexity"]})):
+    final_eval = {**eval_metrics, "perplexity": metrics["perplexity"]}
+    for split, values in (("train", train_result.metrics), ("eval", final_eval)):
         trainer.log_metrics(split, values)
         trainer.save_metrics(split, values)
     trainer.save_state()
