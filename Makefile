@@ -1,29 +1,39 @@
 # Two commands do all set-up on a fresh machine (README, first lines):
-#   make demo   - create .venv, install hf-kd, run the main job (hf-kd reproduce, tiny preset, offline)
-#   make test   - create .venv, install hf-kd with dev extras, run the whole test suite
+#   make demo   - create .venv, install hf-kd (with the vision extra, no DeepSpeed), run `hf-kd reproduce`
+#   make test   - create .venv, install hf-kd[dev] (adds pytest, ruff, DeepSpeed), run the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup setup-dev demo example test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# One stamp per extra: `make demo` never installs DeepSpeed (it warns about a missing accelerator on CPU).
+$(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[vision]"
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed-demo
+
+setup-dev: $(VENV)/.installed-dev
 
 demo: setup
 	$(BIN)/hf-kd reproduce --output_dir runs/reproduce
 
-test: setup
+example: setup
+	$(BIN)/python examples/distill_mlm.py
+
+test: setup-dev
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
-lint: setup
+lint: setup-dev
 	$(BIN)/ruff check .
 
 bench: setup

@@ -65,10 +65,31 @@ def test_model_card_records_the_run_and_folder_is_a_model_repo(tmp_path):
     AutoModelForMaskedLM.from_pretrained(kd)
     AutoTokenizer.from_pretrained(kd)
     assert _files_containing(kd, FAKE_TOKEN) == []  # not in the card, results, checkpoints or training_args.bin
-    # the no-KD baseline is not tagged as distilled
-    baseline = ModelCard.load(base / "README.md").data.to_dict()
+    # the no-KD baseline is not tagged as distilled and lists no KD settings
+    base_card = ModelCard.load(base / "README.md")
+    baseline = base_card.data.to_dict()
     assert "knowledge-distillation" not in baseline["tags"] and baseline["hf_kd"]["teachers"] == []
-    assert baseline["hf_kd"]["kd_stop_step"] is None
+    assert not [k for k in baseline["hf_kd"] if k.startswith("kd_")]
+    assert "temperature" not in base_card.text and "kd_alpha" not in base_card.text
+    # usage: no --hub_model_id -> a placeholder the user fills in (said so), and the run folder itself
+    assert f'model="<your-username>/{kd.name}"' in card.text and "placeholder" in card.text
+    assert f'model="{kd}"' in card.text
+    # what Trainer.create_model_card gives: hyperparameters, framework versions, evaluation results
+    for text in ("### Training hyperparameters", "- learning_rate:", "### Framework versions", "- Transformers ",
+                 "## Evaluation results", "perplexity"):
+        assert text in card.text, text
+    (index,) = data["model-index"]
+    assert {m["type"] for m in index["results"][0]["metrics"]} >= {"eval_loss", "perplexity"}
+
+
+def test_unsupported_hub_strategy_is_refused_before_anything_runs(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = TINY + ["--output_dir", str(out), "--max_steps", "1", "--push_to_hub", "--hub_model_id", "me/x",
+                   "--hub_strategy", "every_save"]
+    assert run_cli(lambda: main(argv)) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "--hub_strategy 'every_save' is not supported" in lines[0] and "'end'" in lines[0]
+    assert not out.exists()
 
 
 def test_push_without_connection_is_one_line_error(tmp_path, capsys, caplog):
@@ -86,6 +107,7 @@ def test_push_without_connection_is_one_line_error(tmp_path, capsys, caplog):
         assert FAKE_TOKEN not in text
     # training finished and the folder is complete: it can be uploaded later
     assert (out / "model.safetensors").is_file() and (out / "README.md").is_file()
+    assert 'model="me/tiny-kd"' in (out / "README.md").read_text()  # the usage line names the repo asked for
     assert _files_containing(out, FAKE_TOKEN) == []
 
 

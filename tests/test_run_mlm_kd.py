@@ -34,7 +34,7 @@ def test_baseline_then_kd_run(tmp_path):
     assert weights == [0.9, 0.9, 0.0, 0.0]
 
 
-def test_json_arguments_file(tmp_path):
+def test_json_arguments_file_and_final_metrics(tmp_path, capsys):
     args = {"model_preset": "tiny", "vocab_size": 512, "max_seq_length": 32, "max_train_samples": 64,
             "max_eval_samples": 16, "per_device_train_batch_size": 4, "report_to": "none", "use_cpu": True,
             "output_dir": str(tmp_path / "j"), "max_steps": 2}
@@ -43,3 +43,9 @@ def test_json_arguments_file(tmp_path):
     metrics = main([str(f)])
     assert (tmp_path / "j" / "all_results.json").is_file()
     assert metrics["eval_loss"] > 0 and metrics["num_teachers"] == 0
+    # The end of the job prints and saves the final metrics, as transformers' run_mlm.py does.
+    out = capsys.readouterr().out
+    assert "***** eval metrics *****" in out and "perplexity" in out and "eval_loss" in out
+    saved = json.loads((tmp_path / "j" / "eval_results.json").read_text())
+    assert saved["eval_loss"] == pytest.approx(metrics["eval_loss"]) and saved["perplexity"] > 1
+    assert (tmp_path / "j" / "train_results.json").is_file()

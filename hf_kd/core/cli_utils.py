@@ -1,61 +1,219 @@
-"""Shared plumbing for the thin entry scripts: argument parsing and one-line user errors."""
+"""Shared plumbing for the entry points: argument parsing, config files, logging and one-line user errors.
+
+* :func:`parse_args` -- ``HfArgumentParser`` over the entry point's dataclasses, with ``--config FILE``
+  (YAML or JSON) whose values the flags on the command line override, as TRL's ``--config`` does. It also
+  sets the log levels from the ``TrainingArguments`` it parsed, as transformers' ``run_mlm.py`` does.
+* :func:`run_cli` -- runs an entry point: a user error (bad flag, bad file) becomes one ``error: ...`` line
+  and exit status 2, a diverged run exit status 1; any other exception is a bug and keeps its traceback.
+  ``HF_KD_DEBUG=1`` shows the traceback of user errors too.
+
+This module imports neither torch nor transformers at import time: ``hf-kd --help`` must answer at once.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-
-from transformers import HfArgumentParser
+from typing import Any
 
 from .errors import DataError, NonFiniteLossError, UserError
-from .hub import HubPushError
-from .teachers import TeacherLoadError
 
 logger = logging.getLogger("hf_kd")
 
-# Errors caused by what the user passed: reported as one line, exit status 2, no traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, DataError, TeacherLoadError, json.JSONDecodeError,
-               HubPushError)
+CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
+# Loggers of this project: they follow the process log level like transformers' and datasets' do.
+PROJECT_LOGGERS = ("hf_kd", "glue_eval", "run_scripts", "__main__")
+# Our code lives here; a generic exception (ValueError, FileNotFoundError) raised from these folders is a
+# message we wrote for the user; raised anywhere else (torch, transformers, the stdlib) it is a bug or an
+# environment problem and keeps its traceback.
+_PROJECT_ROOT = Path(__file__).resolve().parents[2]
+_PROJECT_DIRS = tuple(str(_PROJECT_ROOT / d) + os.sep for d in ("hf_kd", "glue_eval", "run_scripts", "examples"))
+_GENERIC_USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
 
 
-class _OneLineErrorParser(HfArgumentParser):
-    """argparse prints the whole usage text on a bad flag; a user needs the one line that says what is wrong."""
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Exception types that always mean "bad input": one line, exit status 2 (imported lazily: they pull torch)."""
+    from .hub import HubPushError
+    from .teachers import TeacherLoadError
 
-    def error(self, message: str):
-        raise UserError(f"{message} (see --help)")
+    return (UserError, DataError, TeacherLoadError, HubPushError)
 
 
-def parse_args(dataclass_types: Sequence[type], argv: list[str] | None = None) -> tuple:
-    """``HfArgumentParser`` over ``dataclass_types``; a single ``*.json`` argument is read as a file of arguments."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _OneLineErrorParser(dataclass_types)
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        path = Path(argv[0])
-        if not path.is_file():
-            raise UserError(f"arguments file {argv[0]!r} does not exist")
+def make_parser(dataclass_types: Sequence[type], prog: str | None = None):
+    """An ``HfArgumentParser`` whose errors are one :class:`UserError` line (argparse prints the whole usage)."""
+    from transformers import HfArgumentParser
+
+    class OneLineErrorParser(HfArgumentParser):
+        def error(self, message: str):
+            raise UserError(f"{_readable_choice_error(message)} (see --help)")
+
+    parser = OneLineErrorParser(dataclass_types, prog=prog)
+    # Shown in --help only: split_config() takes --config out of argv before argparse sees it.
+    parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="YAML or JSON file of arguments (flag name: value); flags given on the command line "
+                        "override it. A lone FILE.yaml/.json argument works too.")
+    return parser
+
+
+def _readable_choice_error(message: str) -> str:
+    """argparse's "argument --x: invalid choice: 'v' (choose from ...)" in the project's wording."""
+    m = re.match(r"argument --(\w+)(?:/[^:]*)?: invalid choice: (.+?) \(choose from (.*)\)$", message)
+    if not m:
+        return message
+    allowed = tuple(v.strip().strip("'") for v in m.group(3).split(","))
+    return f"{m.group(1)}={m.group(2)} is invalid: expected one of {allowed}"
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """A YAML or JSON file of arguments -> ``{flag name: value}``; a bad file is one :class:`UserError` line."""
+    p = Path(path)
+    if p.suffix not in CONFIG_SUFFIXES:
+        raise UserError(f"config file {path!r} has suffix {p.suffix!r}; expected one of {CONFIG_SUFFIXES}")
+    if not p.is_file():
+        raise UserError(f"config file {path!r} does not exist")
+    text = p.read_text()
+    if p.suffix == ".json":
         try:
-            json.loads(path.read_text())
+            values = json.loads(text)
         except json.JSONDecodeError as e:
-            raise UserError(f"arguments file {argv[0]!r} is not valid JSON ({e.msg} at line {e.lineno})") from e
-        return parser.parse_json_file(json_file=str(path), allow_extra_keys=False)
-    return parser.parse_args_into_dataclasses(args=argv)
+            raise UserError(f"config file {path!r} is not valid JSON ({e.msg} at line {e.lineno})") from e
+    else:
+        import yaml  # PyYAML: a dependency of transformers
+
+        try:
+            values = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise UserError(f"config file {path!r} is not valid YAML ({str(e).splitlines()[0]})") from e
+    if not isinstance(values, dict):
+        raise UserError(f"config file {path!r} holds a {type(values).__name__}; expected a mapping of flag names "
+                        "to values")
+    return values
 
 
-def setup_logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level)
+def split_config(argv: list[str]) -> tuple[str | None, list[str]]:
+    """``--config FILE`` (anywhere) or a leading ``FILE.yaml|.json`` -> (file, the remaining flags)."""
+    rest = list(argv)
+    for i, a in enumerate(rest):
+        if a == "--config":
+            if i + 1 >= len(rest):
+                raise UserError("--config needs a file: --config FILE.yaml (or .json)")
+            return rest[i + 1], rest[:i] + rest[i + 2:]
+        if a.startswith("--config="):
+            return a.split("=", 1)[1], rest[:i] + rest[i + 1:]
+    if rest and not rest[0].startswith("-") and rest[0].endswith(CONFIG_SUFFIXES):
+        return rest[0], rest[1:]
+    return None, rest
+
+
+def _apply_config(parser, path: str) -> None:
+    """Make the file's values the parser's defaults, so command-line flags override them (TRL's ``--config``)."""
+    values = read_config_file(path)
+    known = {a.dest for a in parser._actions}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UserError(f"config file {path!r}: unknown argument {unknown[0]!r}; expected flag names as in --help")
+    parser.set_defaults(**values)
+    for action in parser._actions:
+        if action.dest in values:
+            action.required = False  # given by the file
+
+
+def parse_args(dataclass_types: Sequence[type], argv: list[str] | None = None, prog: str | None = None) -> tuple:
+    """Parse ``argv`` into ``dataclass_types``; ``--config FILE`` (or a leading ``FILE.yaml|.json``) gives defaults.
+
+    A value rejected while the dataclasses are built (their ``__post_init__`` checks) is a user error. When
+    one of them is a ``TrainingArguments``, the log levels follow its ``--log_level``/``--log_level_replica``.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = make_parser(dataclass_types, prog=prog)
+    config, argv = split_config(argv)
+    if config is not None:
+        _apply_config(parser, config)
+    try:
+        parsed = parser.parse_args_into_dataclasses(args=argv)
+    except (ValueError, FileNotFoundError) as e:
+        if isinstance(e, UserError):
+            raise
+        raise UserError(str(e).strip() or type(e).__name__) from e
+    for obj in parsed:
+        if hasattr(obj, "get_process_log_level"):
+            configure_logging_from_training_args(obj)
+    return parsed
+
+
+# -- logging -------------------------------------------------------------------------------------------------
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(level: int | None = None) -> None:
+    """Before the flags are known: INFO on the main process (``RANK`` 0 or unset), WARNING on the others."""
+    if level is None:
+        level = logging.INFO if int(os.environ.get("RANK", "0") or 0) == 0 else logging.WARNING
+    logging.basicConfig(format=LOG_FORMAT, level=level)
+    for name in PROJECT_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+
+
+def configure_logging(level: int) -> None:
+    """This project's, transformers' and datasets' loggers at ``level``."""
+    import datasets
+    import transformers
+
+    logging.basicConfig(format=LOG_FORMAT)
+    for name in PROJECT_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+    transformers.utils.logging.set_verbosity(level)
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
+    datasets.utils.logging.set_verbosity(level)
+
+
+def configure_logging_from_training_args(args) -> int:
+    """``run_mlm.py``'s recipe: the main process logs at ``--log_level`` (INFO when left ``passive``), the other
+    ranks at ``--log_level_replica`` (WARNING by default). Returns the level set."""
+    import transformers
+
+    if args.should_log and args.log_level == "passive":
+        transformers.utils.logging.set_verbosity_info()
+    level = args.get_process_log_level()
+    configure_logging(level)
+    return level
+
+
+# -- running an entry point ----------------------------------------------------------------------------------
+def raised_by_project(e: BaseException) -> bool:
+    """Whether the innermost frame that raised ``e`` is in this project's code (not torch, transformers, ...)."""
+    tb = e.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_PROJECT_DIRS)
+
+
+def is_user_error(e: BaseException) -> bool:
+    """Our own error types always; a ValueError/FileNotFoundError/FileExistsError only when our code raised it."""
+    if isinstance(e, user_error_types()):
+        return True
+    return isinstance(e, _GENERIC_USER_ERRORS) and raised_by_project(e)
 
 
 def run_cli(main: Callable[[], object]) -> int:
-    """Run ``main``; user errors become ``error: <one line>`` on stderr and exit status 2, a diverged run 1."""
+    """Run ``main``: 0 on success; a user error -> ``error: <one line>`` on stderr and 2; a diverged run -> 1.
+
+    Any other exception (a bug) propagates with its traceback. ``HF_KD_DEBUG=1`` re-raises user errors too.
+    """
     setup_logging()
     try:
         main()
-    except (*USER_ERRORS, NonFiniteLossError) as e:
-        if os.environ.get("HF_KD_DEBUG"):
+    except Exception as e:
+        if not (isinstance(e, NonFiniteLossError) or is_user_error(e)) or os.environ.get("HF_KD_DEBUG"):
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"error: {msg}", file=sys.stderr)

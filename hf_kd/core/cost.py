@@ -1,4 +1,4 @@
-"""Cost accounting shared by the text callback and the vision loop (``../shared/DESIGN.md``, "Cost accounting").
+"""Cost accounting shared by the text callback and the vision loop (``docs/design.md``, "Cost accounting").
 
 | key | meaning |
 |---|---|

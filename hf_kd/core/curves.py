@@ -1,4 +1,4 @@
-"""Quality-vs-cost curves, the two speed-up definitions, and their plot (``../shared/DESIGN.md``, "Speed-up").
+"""Quality-vs-cost curves, the two speed-up definitions, and their plot (``docs/design.md``, "Speed-ups").
 
 Used once by everything that reports a speed-up: ``glue_eval.report``, the vision metrics and
 ``hf-kd reproduce``.

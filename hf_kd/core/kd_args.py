@@ -14,7 +14,8 @@ from .schedule import TEACHER_SELECTIONS
 
 KD_FIELDS: dict[str, tuple[object, str]] = {
     "kd_alpha": (0.9, "Weight of the KD term in [0, 1]; the hard-label (MLM) loss gets 1 - kd_alpha. 0.9 is what "
-                 "the paper's released code used; at tiny scale 0.5 worked better (see README, reproduce)."),
+                 "the paper's released code used; hf-kd reproduce's measured runs use 0.5 with temperature 1 "
+                 "(docs/reproduce_builtin.md)."),
     "kd_temperature": (4.0, "Softmax temperature T > 0 for teacher and student; the KD term is multiplied by T^2 "
                        "(Hinton et al. 2015) so its gradient scale does not shrink with T. 4.0 as in the paper's code."),
     "kd_stop_ratio": (None, "Stop KD after this fraction of the optimizer steps, in (0, 1]; stop = ceil(ratio * "
@@ -31,12 +32,19 @@ KD_FIELDS: dict[str, tuple[object, str]] = {
 }
 
 
+# Flags with a fixed set of values: argparse lists them in --help and rejects anything else.
+KD_CHOICES: dict[str, tuple[str, ...]] = {"kd_teacher_selection": TEACHER_SELECTIONS, "kd_divergence": DIVERGENCES}
+
+
 def kd_field(name: str, help: str | None = None):
-    """A dataclass field for the ``kd_*`` flag ``name`` with its shared default and help."""
+    """A dataclass field for the ``kd_*`` flag ``name`` with its shared default, help and allowed values."""
     default, text = KD_FIELDS[name]
     # argparse %-formats help strings: a literal "%" (e.g. "20-50%") must be doubled or --help crashes.
     text = (help or text).replace("%%", "%").replace("%", "%%")
-    return field(default=default, metadata={"help": text})
+    metadata = {"help": text}
+    if name in KD_CHOICES:
+        metadata["choices"] = KD_CHOICES[name]
+    return field(default=default, metadata=metadata)
 
 
 def bad_value(name: str, value, expected: str) -> ValueError:

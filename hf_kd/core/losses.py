@@ -1,6 +1,6 @@
 """Pure loss functions for knowledge distillation (shared by the text trainer and the vision loop).
 
-The objective (``../shared/DESIGN.md``, Hinton et al. 2015; Blakeney et al. 2022, Sec. 3)::
+The objective (``docs/design.md``, Hinton et al. 2015; Blakeney et al. 2022, Sec. 3)::
 
     loss = (1 - alpha) * CE(s, y) + alpha * T**2 * D(t / T, s / T)     while KD is on
     loss = CE(s, y)                                                     after the stop step

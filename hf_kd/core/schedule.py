@@ -1,7 +1,7 @@
 """The KD cutoff and the per-step teacher choice: pure functions of the optimizer step.
 
 Being pure functions of ``(step, seed)`` is what makes them agree on every rank and after every resume
-without any communication (``../shared/DESIGN.md``, "The stop step" and "Ensemble").
+without any communication (``docs/design.md``, "The stop step" and "The KD objective").
 """
 
 from __future__ import annotations

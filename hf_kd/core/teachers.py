@@ -77,6 +77,22 @@ def check_local_model_dir(path: Path, allow_pickle: bool) -> None:
             raise TeacherLoadError(f"{str(f)!r} is not a readable safetensors file ({e}); truncated or corrupted?") from e
 
 
+def looks_like_local_path(name: str) -> bool:
+    """Whether ``name`` can only mean a local folder: ``./x``, ``../x``, ``/x``, ``~/x``, ``a/b/c``, a backslash,
+    or ``a/b`` whose first part ``a`` is a local folder (``runs/nope`` next to ``runs/``). A Hub id is ``name``
+    or ``org/name`` with no such ``org`` folder here."""
+    if name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1:
+        return True
+    return "/" in name and Path(name.split("/", 1)[0]).is_dir()
+
+
+def check_model_reference(name: str, what: str = "teacher") -> None:
+    """A path-like ``name`` that does not exist is an error now, before any Hub call (which would time out)."""
+    if not Path(name).expanduser().exists() and looks_like_local_path(name):
+        raise TeacherLoadError(f"{what} {name!r} does not exist; expected a local model folder or a Hub id "
+                               "(org/name)")
+
+
 def load_pretrained(name_or_path: str, auto_class, dtype: torch.dtype | None = None,
                     trust_remote_code: bool = False, allow_pickle: bool = False, what: str = "teacher"):
     """``auto_class.from_pretrained`` with the safety checks above; Hub ids keep the real Hub path."""
@@ -85,8 +101,8 @@ def load_pretrained(name_or_path: str, auto_class, dtype: torch.dtype | None = N
         if not p.is_dir():
             raise TeacherLoadError(f"{what} {name_or_path!r} is a file; expected a model folder or a Hub id")
         check_local_model_dir(p, allow_pickle)
-    elif name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
-        raise TeacherLoadError(f"{what} {name_or_path!r} does not exist; expected a local model folder or a Hub id")
+    else:
+        check_model_reference(name_or_path, what)
     kwargs = {"trust_remote_code": trust_remote_code}
     if dtype is not None:
         kwargs["dtype"] = dtype

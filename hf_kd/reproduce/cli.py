@@ -25,7 +25,7 @@ class ReproduceArguments:
 
 
 def reproduce(argv: list[str] | None = None) -> dict | None:
-    (a,) = parse_args((ReproduceArguments,), argv)
+    (a,) = parse_args((ReproduceArguments,), argv, prog="hf-kd reproduce")
     if a.seeds < 1:
         raise UserError(f"--seeds {a.seeds} is invalid: expected an integer >= 1")
     if a.preset not in ("tiny", "bert-base-c4"):

@@ -1,7 +1,7 @@
 """``hf-kd reproduce``: the paper's protocol in miniature -- teachers, then students with one data order.
 
     hf-kd reproduce                                  # tiny preset, built-in corpus, ~15 min on 2 CPU cores
-    hf-kd reproduce --corpus ../shared/data/c4/c4-train.00000-of-01024.head1000.jsonl
+    hf-kd reproduce --corpus c4-head1000.jsonl       # your own text: .txt, or .jsonl with a "text" field
     hf-kd reproduce --seeds 2                        # students twice (seeds 0, 1): spread of the speed-ups
     hf-kd reproduce --preset bert-base-c4            # print the real-scale protocol (add --launch to run it)
 

@@ -43,7 +43,8 @@ class DistillationTrainingArguments(TrainingArguments):
         default="masked",
         metadata={"help": "'masked' = KD only where labels != -100 (lets teacher and student run their vocabulary "
                   "head at masked positions only: measured 1.15x vs 1.75x per KD step at tiny scale); 'all' = every "
-                  "non-padding position, as the paper's own code did. CE is always over masked positions."},
+                  "non-padding position, as the paper's own code did. CE is always over masked positions.",
+                  "choices": KD_POSITIONS},
     )
     kd_divergence: str = kd_field("kd_divergence")
     teacher_model_name_or_path: list[str] | None = field(
@@ -54,7 +55,7 @@ class DistillationTrainingArguments(TrainingArguments):
     teacher_dtype: str = field(
         default="auto",
         metadata={"help": f"dtype the teacher(s) run in: one of {TEACHER_DTYPES}. 'auto' follows bf16/fp16 flags "
-                  "(a frozen teacher loses nothing in bf16 and halves its memory)."},
+                  "(a frozen teacher loses nothing in bf16 and halves its memory).", "choices": TEACHER_DTYPES},
     )
     sparse_mlm_head: bool = field(
         default=True,
@@ -74,10 +75,16 @@ class DistillationTrainingArguments(TrainingArguments):
         default=False,
         metadata={"help": "Train into a non-empty output_dir (otherwise refused, so no run is overwritten)."},
     )
+    hub_strategy: str = field(
+        default="end",
+        metadata={"help": "With --push_to_hub: 'end' = upload the finished run folder (model, tokenizer, model card, "
+                  "results) once after training; the only strategy hf-kd supports (checkpoints are not uploaded).",
+                  "choices": ("end", "every_save", "checkpoint", "all_checkpoints")},
+    )
     on_nonfinite_loss: str = field(
         default="stop",
         metadata={"help": "What a NaN/inf training loss does: 'stop' = raise, naming the step (the last checkpoint "
-                  "stays valid); 'skip' = drop that step's update and continue."},
+                  "stays valid); 'skip' = drop that step's update and continue.", "choices": NONFINITE_POLICIES},
     )
 
     # -- credentials never reach disk: training_args.bin is torch.save(args) in every checkpoint -------------

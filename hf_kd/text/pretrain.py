@@ -126,6 +126,11 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, args: 
     metrics["num_teachers"] = len(trainer.teachers)
     metrics["teacher_forwards"] = len(trainer.teacher_calls)
     trainer.save_metrics("all", {k: (float(v) if isinstance(v, np.floating) else v) for k, v in metrics.items()})
+    # As run_mlm.py: print the final train/eval metrics and keep them in train_results.json / eval_results.json.
+    final_eval = {**eval_metrics, "perplexity": metrics["perplexity"]}
+    for split, values in (("train", train_result.metrics), ("eval", final_eval)):
+        trainer.log_metrics(split, values)
+        trainer.save_metrics(split, values)
     trainer.save_state()
     publish_run(trainer, metrics, data_args, hub)  # model card always; upload only with --push_to_hub
     return metrics

@@ -18,7 +18,8 @@ class ModelArguments:
         default=None, metadata={"help": "Config (folder or Hub id) for a student trained from scratch."})
     model_preset: str | None = field(
         default=None, metadata={"help": f"From-scratch BERT size, one of {MODEL_PRESETS} (tiny 2L/128, mini 4L/256, "
-                                "small 4L/512, medium 8L/512, base 12L/768). Default tiny when nothing else is set."})
+                                "small 4L/512, medium 8L/512, base 12L/768). Default tiny when nothing else is set.",
+                                "choices": MODEL_PRESETS})
     tokenizer_name: str | None = field(
         default=None, metadata={"help": "Tokenizer folder or Hub id. Unset: the student's, else a WordPiece "
                                 "tokenizer trained on the training text and cached."})

@@ -1,4 +1,4 @@
-"""Run an MLM head only at the positions that carry a loss (hf-kd issue 6, "a cheaper step").
+"""Run an MLM head only at the positions that carry a loss (a cheaper step for baseline and KD alike).
 
 The MLM loss needs the vocabulary projection only at the ~15% masked positions; for a tiny BERT the head
 (hidden x 30k vocab) costs ~10x two encoder layers per token, for BERT-base ~20% of the step. Instead of

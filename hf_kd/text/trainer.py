@@ -6,7 +6,7 @@
                                   train_dataset=..., data_collator=DataCollatorForLanguageModeling(tok))
     trainer.train()
 
-Loss normalisation (``../shared/DESIGN.md``): every term is a sum over its positions divided by the count
+Loss normalisation (``docs/design.md``): every term is a sum over its positions divided by the count
 of those positions in the whole optimizer step (all micro-batches; all ranks under
 ``average_tokens_across_devices``). The Trainer passes the global masked-token count as
 ``num_items_in_batch``; we count the KD positions ourselves in :meth:`get_batch_samples` with the same
