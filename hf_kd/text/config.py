@@ -53,8 +53,9 @@ class DistillationTrainingArguments(TrainingArguments):
     )
     teacher_dtype: str = field(
         default="auto",
-        metadata={"help": f"dtype the teacher(s) run in: one of {TEACHER_DTYPES}. 'auto' follows bf16/fp16 flags "
-                  "(a frozen teacher loses nothing in bf16 and halves its memory)."},
+        metadata={"help": f"dtype the teacher(s) run in: one of {TEACHER_DTYPES}. 'auto' = bfloat16 under --bf16, "
+                  "float16 under --fp16, else float32 (never the dtype the checkpoint was saved in); a frozen "
+                  "teacher loses little in bf16 and halves its memory."},
     )
     sparse_mlm_head: bool = field(
         default=True,
@@ -73,6 +74,12 @@ class DistillationTrainingArguments(TrainingArguments):
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Train into a non-empty output_dir (otherwise refused, so no run is overwritten)."},
+    )
+    logging_nan_inf_filter: bool = field(
+        default=False,
+        metadata={"help": "transformers' filter of NaN/inf losses out of the logged loss. Off by default here: it "
+                  "reads every micro-batch's loss on the host (a device sync each), and --on_nonfinite_loss already "
+                  "stops or skips a non-finite step."},
     )
     on_nonfinite_loss: str = field(
         default="stop",
