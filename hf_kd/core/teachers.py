@@ -235,7 +235,8 @@ def check_teacher_tokenizers(student_tokenizer, sources: Sequence[str | None], n
         if student_tokenizer is None or teacher_tokenizer is None:
             uncompared.append(name)
             continue
-        diff = vocabulary_difference(*_vocab_and_specials(student_tokenizer), *_vocab_and_specials(teacher_tokenizer))
+        (s_vocab, s_special), (t_vocab, t_special) = map(_vocab_and_specials, (student_tokenizer, teacher_tokenizer))
+        diff = vocabulary_difference(s_vocab, t_vocab, s_special, t_special)
         if diff:
             raise TeacherLoadError(f"teacher {name!r} uses another vocabulary than the student: {diff}; expected the "
                                    "teacher's own tokenizer for the student (omit --tokenizer_name to use it)")
