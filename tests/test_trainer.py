@@ -7,8 +7,8 @@ from hf_kd import DistillationTrainer
 from tests.conftest import ForwardCounter, ListDataset, mlm_examples, quick_args, tiny_bert
 
 
-def _train_one_step(tmp_path, batch, ga, teacher=None, **kw):
-    student = tiny_bert(seed=0)
+def _train_one_step(tmp_path, batch, ga, teacher=None, student=None, **kw):
+    student = tiny_bert(seed=0) if student is None else student
     args = quick_args(tmp_path, per_device_train_batch_size=batch, gradient_accumulation_steps=ga, **kw)
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args,
                                   train_dataset=ListDataset(mlm_examples(8)), data_collator=default_data_collator)
@@ -44,13 +44,28 @@ def test_no_teacher_matches_plain_trainer_at_ga1(tmp_path):
     _assert_same(ours, {k: v.detach() for k, v in model.named_parameters()})
 
 
+def _head_rows(model) -> list[int]:
+    """Rows of logits the MLM head computes at each call ([M, V] sparse, [B, L, V] full)."""
+    rows = []
+    model.cls.register_forward_hook(lambda module, args, out: rows.append(out.numel() // out.shape[-1]))
+    return rows
+
+
 def test_sparse_head_equals_full_forward(tmp_path):
+    """Same update with and without the sparse head; and the sparse run's heads did run on the masked rows only
+    (issue 11 item 10: without that check this test passed with the sparse head switched off)."""
+    masked = sum(int((e["labels"] != -100).sum()) for e in mlm_examples(8))
     for with_teacher in (False, True):
-        teacher = tiny_bert(seed=1) if with_teacher else None
-        sparse, _ = _train_one_step(tmp_path / f"s{with_teacher}", 8, 1, teacher, sparse_mlm_head=True)
-        teacher = tiny_bert(seed=1) if with_teacher else None
-        full, _ = _train_one_step(tmp_path / f"f{with_teacher}", 8, 1, teacher, sparse_mlm_head=False)
-        _assert_same(sparse, full)
+        rows = {}
+        params = {}
+        for sparse in (True, False):
+            student, teacher = tiny_bert(seed=0), tiny_bert(seed=1) if with_teacher else None
+            rows[sparse] = (_head_rows(student), _head_rows(teacher) if teacher is not None else [])
+            params[sparse], _ = _train_one_step(tmp_path / f"{sparse}{with_teacher}", 8, 1, teacher, student,
+                                                sparse_mlm_head=sparse)
+        _assert_same(params[True], params[False])
+        assert rows[True] == ([masked], [masked] if with_teacher else [])
+        assert rows[False] == ([8 * 12], [8 * 12] if with_teacher else [])
 
 
 def _run_counted(tmp_path, teachers, selection, ga=1, max_steps=6, stop=3):
