@@ -135,3 +135,66 @@ def test_teacher_with_other_vocabulary_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="vocabulary/output size 99 but the student has 64"):
         DistillationTrainer(model=tiny_bert(), teacher_model=tiny_bert(vocab_size=99), args=quick_args(tmp_path),
                             train_dataset=ListDataset(mlm_examples(4)), data_collator=default_data_collator)
+
+
+def _hand_objective(student, teacher, rows, alpha, temperature, divergence, positions):
+    """The full-batch KD objective written out independently of hf_kd.core.losses (issue 11 item 10)."""
+    import torch
+
+    batch = {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+    labels, attention = batch["labels"], batch["attention_mask"].bool()
+    s = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+    with torch.no_grad():
+        t = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+    masked = labels != -100
+    ce = -torch.log_softmax(s, -1)[masked].gather(-1, labels[masked][:, None]).sum() / masked.sum()
+    kd_rows = masked if positions == "masked" else attention
+    log_ps, log_pt = torch.log_softmax(s[kd_rows] / temperature, -1), torch.log_softmax(t[kd_rows] / temperature, -1)
+    if divergence == "forward_kl":  # KL(teacher || student)
+        kl = (log_pt.exp() * (log_pt - log_ps)).sum()
+    else:  # KL(student || teacher)
+        kl = (log_ps.exp() * (log_ps - log_pt)).sum()
+    return (1 - alpha) * ce + alpha * temperature**2 * kl / kd_rows.sum()
+
+
+@pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl"])
+@pytest.mark.parametrize("positions", ["masked", "all"])
+def test_item10_update_equals_hand_computed_full_batch_objective(tmp_path, divergence, positions):
+    """Issue 11 item 10: one SGD step at GA 2 equals lr x the gradient of the objective computed by hand."""
+    import torch
+
+    alpha, temperature, lr = 0.7, 2.0, 0.5
+    rows = mlm_examples(8)
+    ref_student, teacher = tiny_bert(seed=0), tiny_bert(seed=1, layers=1)
+    _hand_objective(ref_student, teacher, rows, alpha, temperature, divergence, positions).backward()
+    expected = {k: (p - lr * p.grad).detach() for k, p in ref_student.named_parameters() if p.grad is not None}
+    got, _ = _train_one_step(tmp_path, 4, 2, tiny_bert(seed=1, layers=1), kd_alpha=alpha, kd_temperature=temperature,
+                             kd_divergence=divergence, kd_positions=positions, learning_rate=lr)
+    moved = max((expected[k] - dict(tiny_bert(seed=0).named_parameters())[k]).abs().max().item() for k in expected)
+    assert moved > 1e-3
+    worst = max((got[k] - expected[k]).abs().max().item() for k in expected)
+    assert worst < 2e-6, f"trainer update differs from the hand-computed objective by {worst}"
+    assert torch.isfinite(torch.tensor(worst))
+
+
+def test_item10_plain_trainer_ga4_update_is_about_4x_ga1_with_bert():
+    """Issue 11 item 10 (README claim): a plain transformers Trainer with BertForMaskedLM makes the GA-4 update ~4x
+    the GA-1 update (BERT's loss ignores num_items_in_batch; the Trainer then does not divide by GA)."""
+    import tempfile
+
+    def update(ga):
+        model = tiny_bert(seed=0)
+        before = {k: v.detach().clone() for k, v in model.named_parameters()}
+        with tempfile.TemporaryDirectory() as out:
+            args = TrainingArguments(output_dir=out, max_steps=1, per_device_train_batch_size=8 // ga,
+                                     gradient_accumulation_steps=ga, learning_rate=0.01, optim="sgd",
+                                     lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=0.0,
+                                     report_to="none", save_strategy="no", seed=0, use_cpu=True, disable_tqdm=True)
+            Trainer(model=model, args=args, train_dataset=ListDataset(mlm_examples(8)),
+                    data_collator=default_data_collator).train()
+        return sum(((p.detach() - before[k]) ** 2).sum() for k, p in model.named_parameters()) ** 0.5
+
+    ratio = float(update(4) / update(1))
+    print(f"plain Trainer GA-4 / GA-1 update norm: {ratio:.2f}")
+    assert ratio > 2, (f"GA-4 update is {ratio:.2f}x the GA-1 update: transformers seems to have fixed BERT's loss "
+                       "under gradient accumulation; update the README claim (and reconsider the workaround)")
