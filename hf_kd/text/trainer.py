@@ -97,7 +97,6 @@ class DistillationTrainer(Trainer):
     # We normalise by the step-level counts ourselves (see module docstring).
     loss_is_scaled_for_ga = True
     _staging_dir: str | None = None  # set while a checkpoint is being written (see _save_checkpoint)
-    _nonfinite: tuple[int, float] | None = None  # (step, loss) of a non-finite loss not yet acted on
     _kd_stop_cache: tuple[int, int] | None = None  # (max_steps, stop step)
 
     def __init__(self, model=None, teacher_model: TeacherSpec = None, args: DistillationTrainingArguments = None,
