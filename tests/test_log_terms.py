@@ -71,6 +71,7 @@ out = Path(sys.argv[1])
 trainer = build_trainer("ddp", out, 2, teachers=0, max_steps=2, kd_stop=0, average_tokens_across_devices=False)
 trainer.train()
 (out / f"rank{{trainer.args.process_index}}.json").write_text(json.dumps(trainer.state.log_history))
+torch.distributed.destroy_process_group()  # a clean exit: gloo threads left running can abort the interpreter
 """
 
 
