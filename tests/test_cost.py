@@ -149,3 +149,45 @@ def test_item8_teacher_forwards_continue_across_resume(tmp_path):
     assert second.teacher_forwards == 5  # KD on steps 0..4, one teacher, one micro-batch per step
     saved = json.loads((tmp_path / "out" / "checkpoint-6" / "trainer_state.json").read_text())
     assert saved["stateful_callbacks"]["CostCallback"]["attributes"]["teacher_forwards"] == 5
+
+
+def test_item9_cuda_teacher_forwards_timed_by_events_read_at_logging(monkeypatch):
+    """Issue 11 item 9: on CUDA the meter records events around a teacher forward and never synchronizes per
+    forward; the events are read once, at logging (CUDA faked: no GPU on the test machine)."""
+    import torch
+
+    clock, reads = FakeClock(), []
+
+    class FakeEvent:
+        def __init__(self, enable_timing=False):
+            self.t = None
+
+        def record(self):
+            self.t = clock.t
+
+        def synchronize(self):
+            reads.append("sync")
+
+        def elapsed_time(self, end):  # milliseconds, like torch.cuda.Event
+            reads.append("elapsed")
+            return (end.t - self.t) * 1000.0
+
+    def no_sync(*a, **k):
+        raise AssertionError("torch.cuda.synchronize() called in the teacher timing")
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", no_sync)
+    monkeypatch.setattr(CostMeter, "_on_cuda", staticmethod(lambda module: True))
+    m = CostMeter(clock=clock)
+    teacher = torch.nn.Linear(2, 2)
+    m.watch_teachers([teacher])
+    teacher.register_forward_hook(lambda *a: setattr(clock, "t", clock.t + 2.0), prepend=True)
+    m.start()
+    for _ in range(2):
+        teacher(torch.ones(1, 2))  # 2 s each, as the events see it
+    clock.t += 4.0
+    m.step_done()
+    assert reads == []  # nothing read during the step
+    assert m.log_values()["teacher_time_fraction"] == pytest.approx(4.0 / 8.0)
+    assert reads == ["sync", "elapsed", "elapsed"]  # one wait per log line
+    assert m.teacher_forwards == 2
