@@ -40,3 +40,23 @@ def test_selection_errors():
         teacher_indices(0, 2, "best")
     with pytest.raises(ValueError, match="at least one teacher"):
         teacher_indices(0, 0, "sample")
+
+
+@pytest.mark.parametrize("ratio,max_steps,stop", [(0.55, 100, 55), (0.07, 100, 7), (0.14, 400, 56), (0.33, 10, 4)])
+def test_item7_stop_step_has_no_float_error(ratio, max_steps, stop):
+    """Issue 11 item 7: ceil(0.55 * 100) is 56 in floats; the stop step is computed exactly (55)."""
+    assert resolve_kd_stop_step(max_steps, kd_stop_ratio=ratio) == stop
+
+
+def test_item7_agreeing_stop_forms_are_accepted():
+    """Issue 11 item 7: --kd_stop_steps 55 --kd_stop_ratio 0.55 (max_steps 100) agree and must be accepted."""
+    from types import SimpleNamespace
+
+    from hf_kd.core.kd_args import validate_kd_fields
+
+    args = SimpleNamespace(kd_alpha=0.5, kd_temperature=2.0, kd_stop_ratio=0.55, kd_stop_steps=55,
+                           kd_teacher_selection="mean", kd_divergence="forward_kl")
+    validate_kd_fields(args, max_steps=100)
+    args.kd_stop_steps = 56
+    with pytest.raises(ValueError, match="ratio gives step 55"):
+        validate_kd_fields(args, max_steps=100)

@@ -7,8 +7,8 @@ from hf_kd import DistillationTrainer
 from tests.conftest import ForwardCounter, ListDataset, mlm_examples, quick_args, tiny_bert
 
 
-def _train_one_step(tmp_path, batch, ga, teacher=None, **kw):
-    student = tiny_bert(seed=0)
+def _train_one_step(tmp_path, batch, ga, teacher=None, student=None, **kw):
+    student = tiny_bert(seed=0) if student is None else student
     args = quick_args(tmp_path, per_device_train_batch_size=batch, gradient_accumulation_steps=ga, **kw)
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args,
                                   train_dataset=ListDataset(mlm_examples(8)), data_collator=default_data_collator)
@@ -44,13 +44,28 @@ def test_no_teacher_matches_plain_trainer_at_ga1(tmp_path):
     _assert_same(ours, {k: v.detach() for k, v in model.named_parameters()})
 
 
+def _head_rows(model) -> list[int]:
+    """Rows of logits the MLM head computes at each call ([M, V] sparse, [B, L, V] full)."""
+    rows = []
+    model.cls.register_forward_hook(lambda module, args, out: rows.append(out.numel() // out.shape[-1]))
+    return rows
+
+
 def test_sparse_head_equals_full_forward(tmp_path):
+    """Same update with and without the sparse head; and the sparse run's heads did run on the masked rows only
+    (issue 11 item 10: without that check this test passed with the sparse head switched off)."""
+    masked = sum(int((e["labels"] != -100).sum()) for e in mlm_examples(8))
     for with_teacher in (False, True):
-        teacher = tiny_bert(seed=1) if with_teacher else None
-        sparse, _ = _train_one_step(tmp_path / f"s{with_teacher}", 8, 1, teacher, sparse_mlm_head=True)
-        teacher = tiny_bert(seed=1) if with_teacher else None
-        full, _ = _train_one_step(tmp_path / f"f{with_teacher}", 8, 1, teacher, sparse_mlm_head=False)
-        _assert_same(sparse, full)
+        rows = {}
+        params = {}
+        for sparse in (True, False):
+            student, teacher = tiny_bert(seed=0), tiny_bert(seed=1) if with_teacher else None
+            rows[sparse] = (_head_rows(student), _head_rows(teacher) if teacher is not None else [])
+            params[sparse], _ = _train_one_step(tmp_path / f"{sparse}{with_teacher}", 8, 1, teacher, student,
+                                                sparse_mlm_head=sparse)
+        _assert_same(params[True], params[False])
+        assert rows[True] == ([masked], [masked] if with_teacher else [])
+        assert rows[False] == ([8 * 12], [8 * 12] if with_teacher else [])
 
 
 def _run_counted(tmp_path, teachers, selection, ga=1, max_steps=6, stop=3):
@@ -120,3 +135,66 @@ def test_teacher_with_other_vocabulary_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="vocabulary/output size 99 but the student has 64"):
         DistillationTrainer(model=tiny_bert(), teacher_model=tiny_bert(vocab_size=99), args=quick_args(tmp_path),
                             train_dataset=ListDataset(mlm_examples(4)), data_collator=default_data_collator)
+
+
+def _hand_objective(student, teacher, rows, alpha, temperature, divergence, positions):
+    """The full-batch KD objective written out independently of hf_kd.core.losses (issue 11 item 10)."""
+    import torch
+
+    batch = {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+    labels, attention = batch["labels"], batch["attention_mask"].bool()
+    s = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+    with torch.no_grad():
+        t = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+    masked = labels != -100
+    ce = -torch.log_softmax(s, -1)[masked].gather(-1, labels[masked][:, None]).sum() / masked.sum()
+    kd_rows = masked if positions == "masked" else attention
+    log_ps, log_pt = torch.log_softmax(s[kd_rows] / temperature, -1), torch.log_softmax(t[kd_rows] / temperature, -1)
+    if divergence == "forward_kl":  # KL(teacher || student)
+        kl = (log_pt.exp() * (log_pt - log_ps)).sum()
+    else:  # KL(student || teacher)
+        kl = (log_ps.exp() * (log_ps - log_pt)).sum()
+    return (1 - alpha) * ce + alpha * temperature**2 * kl / kd_rows.sum()
+
+
+@pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl"])
+@pytest.mark.parametrize("positions", ["masked", "all"])
+def test_item10_update_equals_hand_computed_full_batch_objective(tmp_path, divergence, positions):
+    """Issue 11 item 10: one SGD step at GA 2 equals lr x the gradient of the objective computed by hand."""
+    import torch
+
+    alpha, temperature, lr = 0.7, 2.0, 0.5
+    rows = mlm_examples(8)
+    ref_student, teacher = tiny_bert(seed=0), tiny_bert(seed=1, layers=1)
+    _hand_objective(ref_student, teacher, rows, alpha, temperature, divergence, positions).backward()
+    expected = {k: (p - lr * p.grad).detach() for k, p in ref_student.named_parameters() if p.grad is not None}
+    got, _ = _train_one_step(tmp_path, 4, 2, tiny_bert(seed=1, layers=1), kd_alpha=alpha, kd_temperature=temperature,
+                             kd_divergence=divergence, kd_positions=positions, learning_rate=lr)
+    moved = max((expected[k] - dict(tiny_bert(seed=0).named_parameters())[k]).abs().max().item() for k in expected)
+    assert moved > 1e-3
+    worst = max((got[k] - expected[k]).abs().max().item() for k in expected)
+    assert worst < 2e-6, f"trainer update differs from the hand-computed objective by {worst}"
+    assert torch.isfinite(torch.tensor(worst))
+
+
+def test_item10_plain_trainer_ga4_update_is_about_4x_ga1_with_bert():
+    """Issue 11 item 10 (README claim): a plain transformers Trainer with BertForMaskedLM makes the GA-4 update ~4x
+    the GA-1 update (BERT's loss ignores num_items_in_batch; the Trainer then does not divide by GA)."""
+    import tempfile
+
+    def update(ga):
+        model = tiny_bert(seed=0)
+        before = {k: v.detach().clone() for k, v in model.named_parameters()}
+        with tempfile.TemporaryDirectory() as out:
+            args = TrainingArguments(output_dir=out, max_steps=1, per_device_train_batch_size=8 // ga,
+                                     gradient_accumulation_steps=ga, learning_rate=0.01, optim="sgd",
+                                     lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=0.0,
+                                     report_to="none", save_strategy="no", seed=0, use_cpu=True, disable_tqdm=True)
+            Trainer(model=model, args=args, train_dataset=ListDataset(mlm_examples(8)),
+                    data_collator=default_data_collator).train()
+        return sum(((p.detach() - before[k]) ** 2).sum() for k, p in model.named_parameters()) ** 0.5
+
+    ratio = float(update(4) / update(1))
+    print(f"plain Trainer GA-4 / GA-1 update norm: {ratio:.2f}")
+    assert ratio > 2, (f"GA-4 update is {ratio:.2f}x the GA-1 update: transformers seems to have fixed BERT's loss "
+                       "under gradient accumulation; update the README claim (and reconsider the workaround)")

@@ -5,7 +5,7 @@ Keys it adds to every training log line (so they land in ``log_history`` and in 
 
 | key | meaning |
 |---|---|
-| ``gpu_hours`` | cumulative training wall-clock x processes, in hours; continued (not reset) on resume |
+| ``gpu_hours`` | cumulative training GPU-seconds (wall-clock x processes at the time) / 3600; continued on resume |
 | ``eval_gpu_hours`` | evaluation time x processes, in hours; excluded from ``gpu_hours`` |
 | ``teacher_time_fraction`` | share of training time in teacher forwards since the last log |
 | ``train_tokens_per_second`` | tokens (non-padding) per second since the last log, summed over ranks |
@@ -13,7 +13,8 @@ Keys it adds to every training log line (so they land in ``log_history`` and in 
 Evaluation lines get ``gpu_hours`` too, so quality curves pair with cost without searching.
 The accounting itself is :class:`hf_kd.core.cost.CostMeter`, shared with the vision loop. Training time is
 the time between consecutive optimizer-step ends (data loading included), minus evaluation.
-On resume the seconds saved with the checkpoint (``stateful_callbacks``) are restored and continued.
+On resume the GPU-seconds and teacher-forward count saved with the checkpoint (``stateful_callbacks``) are
+restored and continued, also on another number of processes.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ class CostCallback(TrainerCallback, ExportableState):
         self.meter.watch_teachers(teachers)
         self._pending_items = 0
 
-    def add_items(self, n: int) -> None:
-        self._pending_items += int(n)
+    def add_items(self, n: int | torch.Tensor) -> None:
+        """Add a step's local tokens; a device tensor stays on the device until the next log line."""
+        self._pending_items = self._pending_items + n
 
     # -- checkpointed state (written by Trainer._save_checkpoint into trainer_state.json) -----------------
     def state(self) -> dict:

@@ -6,11 +6,10 @@ A task's argument dataclass declares ``kd_alpha: float = kd_field("kd_alpha")`` 
 
 from __future__ import annotations
 
-import math
 from dataclasses import field
 
 from .losses import DIVERGENCES
-from .schedule import TEACHER_SELECTIONS
+from .schedule import TEACHER_SELECTIONS, stop_step_from_ratio
 
 KD_FIELDS: dict[str, tuple[object, str]] = {
     "kd_alpha": (0.9, "Weight of the KD term in [0, 1]; the hard-label (MLM) loss gets 1 - kd_alpha. 0.9 is what "
@@ -65,7 +64,7 @@ def validate_kd_fields(args, max_steps: int | None = None) -> None:
     if args.kd_stop_steps is not None and args.kd_stop_steps < 0:
         raise bad_value("kd_stop_steps", args.kd_stop_steps, "an integer >= 0")
     if args.kd_stop_steps is not None and args.kd_stop_ratio is not None and max_steps:
-        from_ratio = math.ceil(args.kd_stop_ratio * max_steps)
+        from_ratio = stop_step_from_ratio(args.kd_stop_ratio, max_steps)
         if args.kd_stop_steps != from_ratio:
             raise ValueError(f"kd_stop_steps={args.kd_stop_steps} and kd_stop_ratio={args.kd_stop_ratio} disagree for "
                              f"max_steps={max_steps} (ratio gives step {from_ratio}); set only one of them")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+from fractions import Fraction
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,16 @@ def resolve_kd_stop_step(
         return int(kd_stop_steps)
     if kd_stop_ratio is None:
         return int(max_steps)
-    return int(math.ceil(kd_stop_ratio * max_steps))
+    return stop_step_from_ratio(kd_stop_ratio, max_steps)
+
+
+def stop_step_from_ratio(kd_stop_ratio: float, max_steps: int) -> int:
+    """``ceil(ratio * max_steps)`` in exact arithmetic on the ratio as written.
+
+    In floats ``0.55 * 100`` is ``55.00000000000001`` and its ceil 56: one step late, and ``--kd_stop_steps 55``
+    would then "disagree" with ``--kd_stop_ratio 0.55``. ``Fraction(str(0.55))`` is exactly 55/100.
+    """
+    return int(math.ceil(Fraction(str(kd_stop_ratio)) * int(max_steps)))
 
 
 def kd_is_active(step: int, stop_step: int) -> bool:

@@ -180,3 +180,84 @@ def check_teacher_vocab(student: torch.nn.Module, teachers: Sequence[torch.nn.Mo
             raise TeacherLoadError(
                 f"teacher {name!r} has vocabulary/output size {v} but the student has {s}; they must be equal"
             )
+
+
+# -- vocabulary content: the same size is not the same vocabulary ---------------------------------------------
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model",
+                   "spiece.model", "sentencepiece.bpe.model")
+SPECIAL_TOKEN_IDS = ("pad_token_id", "unk_token_id", "cls_token_id", "sep_token_id", "mask_token_id", "bos_token_id",
+                     "eos_token_id")
+
+
+def tokenizer_source(teacher: torch.nn.Module | str) -> str | None:
+    """Where a teacher's tokenizer can be read: its path or Hub id, or the local folder a module was loaded from."""
+    if isinstance(teacher, str):
+        return teacher
+    name = getattr(getattr(teacher, "config", None), "_name_or_path", "") or ""
+    return name if name and Path(name).is_dir() else None
+
+
+def load_tokenizer_of(source: str | None, trust_remote_code: bool = False):
+    """The tokenizer saved with a model (folder or Hub id), or ``None`` when it has none."""
+    if source is None:
+        return None
+    p = Path(source)
+    if p.is_dir() and not any((p / f).is_file() for f in TOKENIZER_FILES):
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        logger.debug("no tokenizer could be loaded from %r: %s", source, e)
+        return None
+
+
+def vocabulary_difference(student_vocab: dict[str, int], teacher_vocab: dict[str, int],
+                          student_special: dict[str, int | None] | None = None,
+                          teacher_special: dict[str, int | None] | None = None) -> str | None:
+    """``None`` when token->id maps and special-token ids agree; else one line naming the first differences."""
+    student_special, teacher_special = student_special or {}, teacher_special or {}
+    for key in sorted(set(student_special) | set(teacher_special)):
+        if student_special.get(key) != teacher_special.get(key):
+            return f"{key} is {teacher_special.get(key)} in the teacher but {student_special.get(key)} in the student"
+    if student_vocab == teacher_vocab:
+        return None
+    s_by_id = {i: tok for tok, i in student_vocab.items()}
+    t_by_id = {i: tok for tok, i in teacher_vocab.items()}
+    ids = sorted(set(s_by_id) | set(t_by_id))
+    differing = [i for i in ids if s_by_id.get(i) != t_by_id.get(i)]
+    first = ", ".join(f"id {i} is {t_by_id.get(i)!r} for the teacher but {s_by_id.get(i)!r} for the student"
+                      for i in differing[:3])
+    return f"{len(differing)} of {len(ids)} token ids differ ({first})"
+
+
+def _vocab_and_specials(tokenizer) -> tuple[dict[str, int], dict[str, int | None]]:
+    return tokenizer.get_vocab(), {k: getattr(tokenizer, k, None) for k in SPECIAL_TOKEN_IDS}
+
+
+def check_teacher_tokenizers(student_tokenizer, sources: Sequence[str | None], names: Sequence[str],
+                             trust_remote_code: bool = False) -> None:
+    """Refuse a teacher whose saved tokenizer maps tokens to other ids than the student's; warn if not comparable.
+
+    ``student_tokenizer``: the trainer's ``processing_class`` (or ``None``); ``sources``: where each teacher's
+    tokenizer lives (:func:`tokenizer_source`), ``None`` when it has none.
+    """
+    if student_tokenizer is not None and not hasattr(student_tokenizer, "get_vocab"):
+        student_tokenizer = getattr(student_tokenizer, "tokenizer", None)  # a processor wrapping a tokenizer
+    uncompared = []
+    for source, name in zip(sources, names):
+        teacher_tokenizer = load_tokenizer_of(source, trust_remote_code)
+        if student_tokenizer is None or teacher_tokenizer is None:
+            uncompared.append(name)
+            continue
+        (s_vocab, s_special), (t_vocab, t_special) = map(_vocab_and_specials, (student_tokenizer, teacher_tokenizer))
+        diff = vocabulary_difference(s_vocab, t_vocab, s_special, t_special)
+        if diff:
+            raise TeacherLoadError(f"teacher {name!r} uses another vocabulary than the student: {diff}; expected the "
+                                   "teacher's own tokenizer for the student (omit --tokenizer_name to use it)")
+    if uncompared:
+        side = ("the student has no tokenizer (processing_class)" if student_tokenizer is None
+                else f"no tokenizer was found for teacher(s) {uncompared}")
+        logger.warning("vocabularies not compared: %s; only output sizes were checked, and KD assumes the teacher and "
+                       "the student give every token the same id", side)

@@ -54,8 +54,9 @@ class DistillationTrainingArguments(TrainingArguments):
     )
     teacher_dtype: str = field(
         default="auto",
-        metadata={"help": f"dtype the teacher(s) run in: one of {TEACHER_DTYPES}. 'auto' follows bf16/fp16 flags "
-                  "(a frozen teacher loses nothing in bf16 and halves its memory).", "choices": TEACHER_DTYPES},
+        metadata={"help": f"dtype the teacher(s) run in: one of {TEACHER_DTYPES}. 'auto' = bfloat16 under --bf16, "
+                  "float16 under --fp16, else float32 (never the dtype the checkpoint was saved in); a frozen "
+                  "teacher loses little in bf16 and halves its memory.", "choices": TEACHER_DTYPES},
     )
     sparse_mlm_head: bool = field(
         default=True,
@@ -80,6 +81,12 @@ class DistillationTrainingArguments(TrainingArguments):
         metadata={"help": "With --push_to_hub: 'end' = upload the finished run folder (model, tokenizer, model card, "
                   "results) once after training; the only strategy hf-kd supports (checkpoints are not uploaded).",
                   "choices": ("end", "every_save", "checkpoint", "all_checkpoints")},
+    )
+    logging_nan_inf_filter: bool = field(
+        default=False,
+        metadata={"help": "transformers' filter of NaN/inf losses out of the logged loss. Off by default here: it "
+                  "reads every micro-batch's loss on the host (a device sync each), and --on_nonfinite_loss already "
+                  "stops or skips a non-finite step."},
     )
     on_nonfinite_loss: str = field(
         default="stop",

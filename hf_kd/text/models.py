@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
+
+import torch
 from transformers import AutoConfig, AutoModelForMaskedLM, BertConfig
 
-from ..core.teachers import TeacherLoadError, load_pretrained
+from ..core.teachers import TeacherLoadError, load_pretrained, load_tokenizer_of
 from .script_args import MODEL_PRESETS, ModelArguments
+
+logger = logging.getLogger(__name__)
 
 # (layers, hidden, heads): the BERT miniatures of Turc et al. 2019 plus BERT-base; FFN = 4 x hidden.
 PRESET_SHAPES = {"tiny": (2, 128, 2), "mini": (4, 256, 4), "small": (4, 512, 8), "medium": (8, 512, 8),
@@ -26,8 +32,10 @@ def preset_config(name: str, vocab_size: int, max_position_embeddings: int = 512
 def build_student(args: ModelArguments, tokenizer, allow_pickle: bool = False):
     """The student model: ``model_name_or_path`` > ``config_name`` > ``model_preset`` (default ``tiny``)."""
     if args.model_name_or_path:
-        return load_pretrained(args.model_name_or_path, AutoModelForMaskedLM, trust_remote_code=args.trust_remote_code,
-                               allow_pickle=allow_pickle, what="student")
+        # float32 whatever the checkpoint was saved in (transformers 5.x would keep a bf16 save in bf16): these are
+        # the trained master weights; --bf16/--fp16 run them under autocast.
+        return load_pretrained(args.model_name_or_path, AutoModelForMaskedLM, dtype=torch.float32,
+                               trust_remote_code=args.trust_remote_code, allow_pickle=allow_pickle, what="student")
     if args.config_name:
         try:
             config = AutoConfig.from_pretrained(args.config_name, trust_remote_code=args.trust_remote_code)
@@ -54,3 +62,20 @@ def check_seq_length(model, max_seq_length: int) -> None:
     if limit is not None and max_seq_length > limit:
         raise ValueError(f"max_seq_length={max_seq_length} is larger than the model's max_position_embeddings={limit}; "
                          f"expected at most {limit}")
+
+
+def teacher_tokenizer_for_student(args: ModelArguments, teachers: Sequence[str] | None, trust_remote_code: bool = False):
+    """With a teacher and neither ``--tokenizer_name`` nor ``--model_name_or_path``: the first teacher's tokenizer.
+
+    KD compares distributions id by id, so a student with a tokenizer of its own (e.g. trained here on other
+    text, same size) would be taught across mismatched ids. ``None`` when another source applies.
+    """
+    if args.tokenizer_name or args.model_name_or_path or not teachers:
+        return None
+    tokenizer = load_tokenizer_of(teachers[0], trust_remote_code)
+    if tokenizer is None:
+        logger.warning("teacher %r has no tokenizer to share: the student gets a tokenizer of its own", teachers[0])
+    else:
+        logger.info("no --tokenizer_name: the student uses the tokenizer of teacher %r (KD needs the same token ids)",
+                    teachers[0])
+    return tokenizer

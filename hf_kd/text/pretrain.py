@@ -21,7 +21,7 @@ from .data import (
     tokenize_and_chunk,
     train_wordpiece_tokenizer,
 )
-from .models import build_student, check_seq_length, check_vocab_fits
+from .models import build_student, check_seq_length, check_vocab_fits, teacher_tokenizer_for_student
 from .script_args import DataArguments, ModelArguments
 from .trainer import DistillationTrainer
 
@@ -87,7 +87,9 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, args: Di
                   teacher_model=None, callbacks=None) -> DistillationTrainer:
     """Data, tokenizer, student and teachers -> a ready ``DistillationTrainer`` (nothing trained yet)."""
     train_raw, val_raw = load_raw_splits(data_args)
-    tokenizer = load_tokenizer(model_args, train_raw, data_args.text_column_name)
+    tokenizer = teacher_tokenizer_for_student(model_args, args.teacher_model_name_or_path, args.teacher_trust_remote_code)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(model_args, train_raw, data_args.text_column_name)
     set_seed(args.seed)  # the Trainer seeds only once built: a from-scratch student must not get random init
     student = build_student(model_args, tokenizer, allow_pickle=args.allow_pickle_weights)
     check_seq_length(student, data_args.max_seq_length)
@@ -124,7 +126,7 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, args: 
     metrics["eval_gpu_hours"] = trainer.cost_callback.meter.eval_gpu_hours
     metrics["kd_stop_step"] = trainer.kd_stop_step if trainer.teachers else 0
     metrics["num_teachers"] = len(trainer.teachers)
-    metrics["teacher_forwards"] = len(trainer.teacher_calls)
+    metrics["teacher_forwards"] = trainer.teacher_forwards
     trainer.save_metrics("all", {k: (float(v) if isinstance(v, np.floating) else v) for k, v in metrics.items()})
     # As run_mlm.py: print the final train/eval metrics and keep them in train_results.json / eval_results.json.
     final_eval = {**eval_metrics, "perplexity": metrics["perplexity"]}

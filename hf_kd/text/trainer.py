@@ -14,11 +14,22 @@ semantics, set ``loss_is_scaled_for_ga = True`` so the Trainer does not divide a
 number of processes because DDP/DeepSpeed average gradients over ranks. ``teacher_model=None`` runs the
 no-KD baseline through the very same path -- unlike a plain ``Trainer`` with ``BertForMaskedLM``, which
 ignores ``num_items_in_batch`` and is wrong under gradient accumulation in transformers 5.x.
+
+Logged terms (``hf_kd.core.log_terms``): a training log line covers the ``logging_steps`` optimizer steps since
+the previous one. ``mlm_loss`` is the mean MLM term over those steps, ``kd_loss`` the mean KD term over the
+window's KD steps only, and ``kd_weight`` the mean KD weight over the window (``kd_alpha`` x KD steps / steps:
+``kd_alpha`` before the stop step, 0 after, a fraction on the window that straddles the stop).
+
+Hot path: nothing in a micro-batch reads a device value on the host. Token counts, logged terms and the
+non-finite flag are summed on the device; the guard reads one fused flag per optimizer step (reusing the
+gradient norm the Trainer computes anyway) and the logged values are read once per log line.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from collections import deque
 from collections.abc import Sequence
 
 import torch
@@ -27,20 +38,30 @@ from transformers import AutoModelForMaskedLM, Trainer
 from ..core.callbacks import CostCallback, PreOptimizerStepHook
 from ..core.checkpointing import latest_complete_checkpoint, save_checkpoint_atomically
 from ..core.errors import NonFiniteLossError
+from ..core.log_terms import TermWindow
 from ..core.losses import IGNORE_INDEX, distillation_loss
-from ..core.schedule import kd_is_active, kd_weight, resolve_kd_stop_step, teacher_indices
-from ..core.teachers import check_teacher_vocab, freeze_teacher, load_pretrained, release_teachers
+from ..core.schedule import kd_is_active, resolve_kd_stop_step, teacher_indices
+from ..core.teachers import (
+    check_teacher_tokenizers,
+    check_teacher_vocab,
+    freeze_teacher,
+    load_pretrained,
+    release_teachers,
+    tokenizer_source,
+)
 from .config import DistillationTrainingArguments
 from .sparse_head import SparseHead
 
 logger = logging.getLogger(__name__)
 
 TeacherSpec = torch.nn.Module | str | Sequence[torch.nn.Module | str] | None
+TEACHER_CALLS_KEPT = 4096  # recent (step, teacher) pairs kept for audits; the total is teacher_forwards
 
 
-def _teacher_dtype(args: DistillationTrainingArguments) -> torch.dtype | None:
+def _teacher_dtype(args: DistillationTrainingArguments) -> torch.dtype:
+    # Never None: transformers 5.x reads dtype=None as "the checkpoint's saved dtype" (a bf16 teacher in an fp32 run).
     if args.teacher_dtype == "auto":
-        return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
+        return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
     return getattr(torch, args.teacher_dtype)
 
 
@@ -76,7 +97,6 @@ class DistillationTrainer(Trainer):
     # We normalise by the step-level counts ourselves (see module docstring).
     loss_is_scaled_for_ga = True
     _staging_dir: str | None = None  # set while a checkpoint is being written (see _save_checkpoint)
-    _nonfinite: tuple[int, float] | None = None  # (step, loss) of a non-finite loss not yet acted on
     _kd_stop_cache: tuple[int, int] | None = None  # (max_steps, stop step)
 
     def __init__(self, model=None, teacher_model: TeacherSpec = None, args: DistillationTrainingArguments = None,
@@ -85,6 +105,10 @@ class DistillationTrainer(Trainer):
             raise TypeError("DistillationTrainer needs args=DistillationTrainingArguments(...)")
         self.teachers, self.teacher_names = load_teachers(teacher_model, args)
         check_teacher_vocab(model, self.teachers, self.teacher_names)
+        items = teacher_model if teacher_model is not None else args.teacher_model_name_or_path or []
+        items = [items] if isinstance(items, torch.nn.Module | str) else list(items)
+        check_teacher_tokenizers(kwargs.get("processing_class"), [tokenizer_source(i) for i in items],
+                                 self.teacher_names, trust_remote_code=args.teacher_trust_remote_code)
         if args.kd_teacher_selection == "sample" and not self.teachers:
             # 'mean' is the default, so 'sample' was asked for explicitly: without a teacher it would be ignored.
             raise ValueError("kd_teacher_selection='sample' needs at least one teacher (--teacher_model_name_or_path); "
@@ -102,8 +126,29 @@ class DistillationTrainer(Trainer):
         self._teacher_heads = [SparseHead.attach(t) if args.sparse_mlm_head else None for t in self.teachers]
         self._teachers_released = False
         self._kd_count: torch.Tensor | None = None
-        self._reset_log_sums()
-        self.teacher_calls: list[tuple[int, int]] = []  # (global_step, teacher index), for audits and tests
+        self._terms = TermWindow()
+        self._nonfinite_flags: torch.Tensor | None = None  # [count, last value] of non-finite losses this step
+        self._step_grad_norm = None  # the Trainer's gradient norm of the step being taken (see _get_grad_norm)
+        self._recent_teacher_calls: deque[tuple[int, int]] = deque(maxlen=TEACHER_CALLS_KEPT)
+
+    @property
+    def teacher_calls(self) -> list[tuple[int, int]]:
+        """The most recent (global_step, teacher index) pairs, one per teacher forward (bounded: audits, tests)."""
+        return list(self._recent_teacher_calls)
+
+    @property
+    def teacher_forwards(self) -> int:
+        """Teacher forwards of the whole run on this rank (checkpointed: a resumed run keeps counting)."""
+        return self.cost_callback.meter.teacher_forwards
+
+    def _load_callback_state(self) -> None:
+        # --restore_callback_states_from_checkpoint rebuilds each stateful callback as ``type(cb)(**args)``:
+        # a CostCallback without the teacher hooks, appended after the reporters. Keep ours (with its hooks,
+        # first); it restores its own state from ``state.stateful_callbacks`` in on_train_begin.
+        super()._load_callback_state()
+        callbacks = self.callback_handler.callbacks
+        callbacks[:] = [cb for cb in callbacks if not isinstance(cb, CostCallback)]
+        callbacks.insert(0, self.cost_callback)
 
     # -- teachers ---------------------------------------------------------------------------------------
     def _prepare_teachers(self) -> None:
@@ -123,16 +168,18 @@ class DistillationTrainer(Trainer):
 
     def kd_active(self, step: int | None = None) -> bool:
         step = self.state.global_step if step is None else step
-        return bool(self.teachers) and kd_is_active(step, self.kd_stop_step)
+        # kd_alpha = 0: the KD term has no weight, so its teacher forwards would be pure cost.
+        return bool(self.teachers) and self.args.kd_alpha > 0 and kd_is_active(step, self.kd_stop_step)
 
     # -- step-level counts ------------------------------------------------------------------------------
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batch_samples, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
-        local_tokens = sum(int(_attention(b).sum()) for b in batch_samples)
+        # A device tensor, read by the cost meter at logging time only (no host sync per step).
+        local_tokens = torch.as_tensor(sum(_attention(b).sum() for b in batch_samples), device=device)
         self.cost_callback.add_items(local_tokens)
         self._kd_count = None
         if self.args.kd_positions == "all" and self.kd_active():
-            count = torch.tensor(local_tokens, device=device)
+            count = local_tokens
             if self.args.average_tokens_across_devices and self.args.world_size > 1:
                 count = self.accelerator.gather(count).sum()
             self._kd_count = count
@@ -163,8 +210,8 @@ class DistillationTrainer(Trainer):
             s_logits, labels_rows, t_logits, kd_mask if rows is None else None, alpha=self.args.kd_alpha, temperature=self.args.kd_temperature,
             divergence=self.args.kd_divergence, ce_denominator=ce_den, kd_denominator=kd_den,
         )
-        self._record(out)
-        loss = self._check_finite(out.loss, step)
+        self._terms.add(step, out.ce, out.kd)
+        loss = self._check_finite(out.loss)
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             loss = loss * self.accelerator.num_processes  # ranks' gradients are averaged; the count is global
         return (loss, {"logits": s_logits}) if return_outputs else loss
@@ -184,37 +231,53 @@ class DistillationTrainer(Trainer):
         logits = []
         with ctx:
             for i in idx:
-                self.teacher_calls.append((step, i))
+                self._recent_teacher_calls.append((step, i))
                 t_logits, rows = self._logits(self.teachers[i], self._teacher_heads[i], inputs, kd_mask)
                 logits.append(t_logits if rows is not None else t_logits.reshape(-1, t_logits.shape[-1])[kd_mask.reshape(-1)])
         return logits
 
-    def _check_finite(self, loss: torch.Tensor, step: int) -> torch.Tensor:
-        """Note a non-finite loss; it is acted on before the optimizer step, where every rank can agree."""
-        if torch.isfinite(loss.detach()).all():
-            return loss
-        if self._nonfinite is None:
-            self._nonfinite = (step, loss.item())
-        return loss.nan_to_num(0.0, 0.0, 0.0) * 0.0 if self.args.on_nonfinite_loss == "skip" else loss
+    def _check_finite(self, loss: torch.Tensor) -> torch.Tensor:
+        """Note a non-finite loss on the device; it is acted on before the optimizer step, where ranks can agree."""
+        finite = torch.isfinite(loss.detach())
+        flags = torch.stack([(~finite).float(), torch.where(finite, 0.0, loss.detach().float())])
+        if self._nonfinite_flags is not None:  # keep the count, and the value of the latest non-finite loss
+            flags = torch.stack([self._nonfinite_flags[0] + flags[0],
+                                 torch.where(finite, self._nonfinite_flags[1], flags[1])])
+        self._nonfinite_flags = flags
+        if self.args.on_nonfinite_loss == "skip":
+            return torch.where(finite, loss, loss.nan_to_num(0.0, 0.0, 0.0) * 0.0)
+        return loss
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        # The Trainer computes the step's gradient norm (clipping or not) right before on_pre_optimizer_step:
+        # kept so that the non-finite guard needs no second pass over the gradients.
+        self._step_grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        return self._step_grad_norm
 
     def _guard_optimizer_step(self, optimizer) -> None:
         """Before each optimizer step (after clipping): stop, or drop the update, if a loss or gradient is non-finite.
 
         Raising at the loss would leave the other ranks waiting in the gradient all-reduce, so the decision is
-        taken here, from a flag reduced over ranks. Dropping = gradients set to None, which torch optimizers
-        skip entirely (no momentum or weight-decay update either); the learning-rate schedule still advances.
+        taken here, from one fused flag reduced over ranks and read once per optimizer step. Dropping =
+        gradients set to None, which torch optimizers skip entirely (no momentum or weight-decay update
+        either); the learning-rate schedule still advances.
         """
-        local, self._nonfinite = self._nonfinite, None
+        device = self.args.device
+        loss_flags = self._nonfinite_flags if self._nonfinite_flags is not None else torch.zeros(2, device=device)
+        self._nonfinite_flags = None
         # Under fp16 loss scaling, overflowing gradients are routine: the GradScaler skips that step itself.
         check_grads = getattr(self.accelerator, "scaler", None) is None
-        bad_grads = check_grads and not _grads_finite(self.model)
-        bad = torch.tensor(float(local is not None or bad_grads), device=self.args.device)
-        if self.args.world_size > 1:
-            bad = self.accelerator.reduce(bad, reduction="sum")
-        if bad.item() == 0:
+        grad_bad = _grads_bad(self.model, self._step_grad_norm, device) if check_grads else torch.zeros((), device=device)
+        self._step_grad_norm = None
+        local = torch.stack([loss_flags[0].to(device), grad_bad.float().to(device)])
+        total = self.accelerator.reduce(local, reduction="sum") if self.args.world_size > 1 else local
+        # The step's one host read: [bad ranks' losses, bad grads] over ranks, then this rank's flags and value.
+        any_bad, _, local_bad, bad_grads, value = torch.cat([total.sum(0, keepdim=True), total[:1], local,
+                                                              loss_flags[1:].to(device)]).tolist()
+        if not any_bad:
             return
         step = self.state.global_step
-        what = (f"training loss is {local[1]}" if local else "gradients are not finite" if bad_grads
+        what = (f"training loss is {value}" if local_bad else "gradients are not finite" if bad_grads
                 else "another rank's training loss is not finite")
         if self.args.on_nonfinite_loss == "skip" and not self.is_deepspeed_enabled:
             logger.warning("%s at step %d: update skipped (--on_nonfinite_loss skip)", what, step)
@@ -255,46 +318,30 @@ class DistillationTrainer(Trainer):
         return loss, {"loss": loss, "logits": preds}
 
     # -- logging ----------------------------------------------------------------------------------------
-    def _reset_log_sums(self) -> None:
-        self._log_sums = {"mlm_loss": 0.0, "kd_loss": 0.0, "kd_micro": 0.0}
-        self._log_steps: set[int] = set()
-
-    def _record(self, out) -> None:
-        self._log_steps.add(self.state.global_step)
-        self._log_sums["mlm_loss"] += float(out.ce)
-        if out.kd is not None:
-            self._log_sums["kd_loss"] += float(out.kd)
-            self._log_sums["kd_micro"] += 1
-
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs:  # a training line: add the two unweighted terms and the KD weight
-            steps = max(1, len(self._log_steps))
-            sums = torch.tensor([self._log_sums["mlm_loss"], self._log_sums["kd_loss"], self._log_sums["kd_micro"]],
-                                device=self.args.device)
-            if self.args.world_size > 1:
-                sums = self.accelerator.reduce(sums, reduction="sum")
-            # Each micro-batch holds its share of the step mean (normalised by global counts): sum over
-            # micro-batches and ranks, then average over the logged steps.
-            logs["mlm_loss"] = round(sums[0].item() / steps, 6)
-            if sums[2] > 0:
-                logs["kd_loss"] = round(sums[1].item() / steps, 6)
-            logs["kd_weight"] = kd_weight(self.state.global_step - 1, self.args.kd_alpha, self.kd_stop_step) \
-                if self.teachers else 0.0
-            if self.args.kd_teacher_selection == "sample" and self.teacher_calls \
-                    and self.teacher_calls[-1][0] == self.state.global_step - 1:
-                logs["kd_teacher"] = self.teacher_calls[-1][1]  # the teacher of the step just done (audits)
-            self._reset_log_sums()
+        if "loss" in logs:  # a training line: add the two unweighted terms and the KD weight of its window
+            alpha = self.args.kd_alpha if self.teachers else 0.0
+            logs.update(self._terms.read(alpha, self.args.device, self.args.world_size,
+                                         self.args.average_tokens_across_devices,
+                                         lambda t: self.accelerator.reduce(t, reduction="sum")))
+            calls = self._recent_teacher_calls
+            if self.args.kd_teacher_selection == "sample" and calls and calls[-1][0] == self.state.global_step - 1:
+                logs["kd_teacher"] = calls[-1][1]  # the teacher of the step just done (audits)
         super().log(logs, start_time)
 
 
-def _grads_finite(model: torch.nn.Module) -> bool:
-    """Whether every local gradient is finite (one fused norm per device; sharded grads checked locally)."""
+def _grads_bad(model: torch.nn.Module, grad_norm, device) -> torch.Tensor:
+    """Whether a gradient is non-finite, as a device bool: from the step's norm, else one fused norm pass."""
+    if isinstance(grad_norm, torch.Tensor):
+        return ~torch.isfinite(grad_norm.detach())
+    if isinstance(grad_norm, float):  # DeepSpeed reports a Python float
+        return torch.tensor(not math.isfinite(grad_norm), device=device)
     grads = [p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad
              for p in model.parameters() if p.grad is not None]
     if not grads:
-        return True
+        return torch.zeros((), dtype=torch.bool, device=device)
     norms = torch._foreach_norm(grads)
-    return bool(torch.stack([n.to(norms[0].device) for n in norms]).isfinite().all())
+    return ~torch.stack([n.to(device) for n in norms]).isfinite().all()
 
 
 def _attention(batch: dict) -> torch.Tensor:
