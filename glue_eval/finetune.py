@@ -164,10 +164,12 @@ def run_jobs(jobs: Sequence[Job], gargs: GlueArguments, fargs: FinetuneArguments
     """Fine-tune every job not yet in ``results`` (one appended line each) under one "k/N fine-tunes" bar."""
     todo = [j for j in jobs if not results.done(j.line)]
     show = show_progress and ("disable_tqdm" not in fargs.given or not fargs.disable_tqdm)
-    level = fargs.get_process_log_level()  # -1: "passive", transformers' own default (warning)
+    # The user's --log_level, not the process level: the CLI turns "passive" into INFO on the main process
+    # (as run_glue.py does), but per-fine-tune load/tokenize output is noise unless asked for explicitly.
+    quiet_levels = ("passive", "warning", "error", "critical")
     written, tokenizers, data = [], {}, {}
     bar = tqdm(total=len(todo), desc="GLUE fine-tunes", unit="fine-tune", disable=not show)
-    quiet = show and (level == -1 or level >= logging.WARNING)
+    quiet = show and fargs.log_level in quiet_levels
     with bar, quiet_per_model_output(quiet):
         for job in todo:
             bar.set_postfix_str(job.name, refresh=True)
