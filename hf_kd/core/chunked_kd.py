@@ -65,14 +65,15 @@ class _ChunkedLinearKD(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, ce_den, kd_den, alpha, temperature, divergence, chunk_size,
-                teachers):
+                teachers, grad_enabled):
         n = hidden.shape[0]
         has_kd = bool(teachers)
         ce_w = (1.0 - alpha) if has_kd else 1.0  # no teacher: plain CE with weight 1, as distillation_loss
         ce_scale = ce_w / ce_den.float()
         kd_scale = alpha * temperature / kd_den.float()  # alpha * T^2 * (1/T from d(z/T)/dz) / count
-        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        need_b = bias is not None and ctx.needs_input_grad[2]
+        # needs_input_grad is True under no_grad too: an evaluation call must not pay for gradients.
+        need_h, need_w = grad_enabled and ctx.needs_input_grad[0], grad_enabled and ctx.needs_input_grad[1]
+        need_b = grad_enabled and bias is not None and ctx.needs_input_grad[2]
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
         grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
@@ -113,7 +114,7 @@ class _ChunkedLinearKD(torch.autograd.Function):
         grad_h, grad_w, grad_b = ctx.saved_tensors
         scale = grad_loss
         out = [None if g is None else g * scale.to(g.dtype) for g in (grad_h, grad_w, grad_b)]
-        return (*out, None, None, None, None, None, None, None, None)
+        return (*out, None, None, None, None, None, None, None, None, None)
 
 
 def chunked_distillation_loss(
@@ -161,5 +162,6 @@ def chunked_distillation_loss(
     ce_den = torch.as_tensor(ce_denominator, device=dev)
     kd_den = ce_den if kd_denominator is None else torch.as_tensor(kd_denominator, device=dev)
     loss, ce, kd = _ChunkedLinearKD.apply(hidden, weight, bias, labels.reshape(-1), ce_den, kd_den, float(alpha),
-                                          float(temperature), divergence, int(chunk), teachers)
+                                          float(temperature), divergence, int(chunk), teachers,
+                                          torch.is_grad_enabled())
     return DistillationLoss(loss=loss, ce=ce, kd=kd if teachers else None)

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Sequence
 
 import torch
-from transformers import AutoModelForMaskedLM, Trainer
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, Trainer
 
 from ..core.callbacks import CostCallback, PreOptimizerStepHook
 from ..core.checkpointing import latest_complete_checkpoint, save_checkpoint_atomically
@@ -30,6 +30,8 @@ from ..core.errors import NonFiniteLossError
 from ..core.losses import IGNORE_INDEX, distillation_loss
 from ..core.schedule import kd_is_active, kd_weight, resolve_kd_stop_step, teacher_indices
 from ..core.teachers import check_teacher_vocab, freeze_teacher, load_pretrained, release_teachers
+from .clm import check_teachers_fit, resolve_kd_task
+from .clm_loss import CausalLMLossMixin
 from .config import DistillationTrainingArguments
 from .sparse_head import SparseHead
 
@@ -44,7 +46,8 @@ def _teacher_dtype(args: DistillationTrainingArguments) -> torch.dtype | None:
     return getattr(torch, args.teacher_dtype)
 
 
-def load_teachers(spec: TeacherSpec, args: DistillationTrainingArguments) -> tuple[list[torch.nn.Module], list[str]]:
+def load_teachers(spec: TeacherSpec, args: DistillationTrainingArguments,
+                  auto_class=AutoModelForMaskedLM) -> tuple[list[torch.nn.Module], list[str]]:
     """Models, paths or Hub ids (or a list of them) -> frozen teacher modules and their display names."""
     if spec is None:
         spec = args.teacher_model_name_or_path or []
@@ -52,7 +55,7 @@ def load_teachers(spec: TeacherSpec, args: DistillationTrainingArguments) -> tup
     teachers, names = [], []
     for item in items:
         if isinstance(item, str):
-            model = load_pretrained(item, AutoModelForMaskedLM, dtype=_teacher_dtype(args),
+            model = load_pretrained(item, auto_class, dtype=_teacher_dtype(args),
                                     trust_remote_code=args.teacher_trust_remote_code,
                                     allow_pickle=args.allow_pickle_weights)
             teachers.append(model)
@@ -63,7 +66,7 @@ def load_teachers(spec: TeacherSpec, args: DistillationTrainingArguments) -> tup
     return teachers, names
 
 
-class DistillationTrainer(Trainer):
+class DistillationTrainer(CausalLMLossMixin, Trainer):
     """A ``transformers.Trainer`` whose loss is ``(1 - a) * MLM + a * T^2 * KL`` until the KD stop step.
 
     Args:
@@ -83,8 +86,11 @@ class DistillationTrainer(Trainer):
                  **kwargs):
         if args is None or not isinstance(args, DistillationTrainingArguments):
             raise TypeError("DistillationTrainer needs args=DistillationTrainingArguments(...)")
-        self.teachers, self.teacher_names = load_teachers(teacher_model, args)
+        self.kd_task = resolve_kd_task(model, args.kd_task)  # refuses a model we have no loss for
+        auto_class = AutoModelForCausalLM if self.kd_task == "clm" else AutoModelForMaskedLM
+        self.teachers, self.teacher_names = load_teachers(teacher_model, args, auto_class)
         check_teacher_vocab(model, self.teachers, self.teacher_names)
+        check_teachers_fit(self.kd_task, self.teachers, self.teacher_names, kwargs.get("processing_class"))
         if args.kd_teacher_selection == "sample" and not self.teachers:
             # 'mean' is the default, so 'sample' was asked for explicitly: without a teacher it would be ignored.
             raise ValueError("kd_teacher_selection='sample' needs at least one teacher (--teacher_model_name_or_path); "
@@ -98,8 +104,11 @@ class DistillationTrainer(Trainer):
         self.callback_handler.callbacks.insert(0, self.cost_callback)  # before reporters, so they see the keys
         self.add_callback(PreOptimizerStepHook(self._guard_optimizer_step))
         self._prepare_teachers()
-        self._student_head = SparseHead.attach(self.model) if args.sparse_mlm_head else None
-        self._teacher_heads = [SparseHead.attach(t) if args.sparse_mlm_head else None for t in self.teachers]
+        sparse = args.sparse_mlm_head and self.kd_task == "mlm"
+        self._student_head = SparseHead.attach(self.model) if sparse else None
+        self._teacher_heads = [SparseHead.attach(t) if sparse else None for t in self.teachers]
+        if self.kd_task == "clm":
+            self._clm_setup()
         self._teachers_released = False
         self._kd_count: torch.Tensor | None = None
         self._reset_log_sums()
@@ -136,11 +145,15 @@ class DistillationTrainer(Trainer):
             if self.args.average_tokens_across_devices and self.args.world_size > 1:
                 count = self.accelerator.gather(count).sum()
             self._kd_count = count
+        if self.kd_task == "clm":  # next-token counts of our own: the Trainer's depend on the model's loss_type
+            num_items, self._kd_count = self._clm_step_counts(batch_samples, device)
         return batch_samples, num_items
 
     # -- the loss -------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not model.training:
+            if self.kd_task == "clm":
+                return self._clm_eval_loss(model, dict(inputs), return_outputs)
             return self._eval_loss(model, inputs, return_outputs)
         inputs = dict(inputs)
         labels = inputs.pop("labels")
@@ -150,6 +163,13 @@ class DistillationTrainer(Trainer):
         if not active and self.teachers and not self._teachers_released:
             release_teachers(self.teachers)
             self._teachers_released = True
+        if self.kd_task == "clm":
+            out = self._clm_loss(model, {**inputs, "labels": labels}, active, step, num_items_in_batch)
+            self._record(out)
+            loss = self._check_finite(out.loss, step)
+            if self.args.average_tokens_across_devices and self.args.world_size > 1:
+                loss = loss * self.accelerator.num_processes
+            return (loss, {}) if return_outputs else loss
         kd_mask = masked if self.args.kd_positions == "masked" else _attention(inputs).bool()
         student_rows = masked if not active or self.args.kd_positions == "masked" else None
         s_logits, rows = self._logits(model, self._student_head, inputs, student_rows)
@@ -283,6 +303,8 @@ class DistillationTrainer(Trainer):
             if self.args.kd_teacher_selection == "sample" and self.teacher_calls \
                     and self.teacher_calls[-1][0] == self.state.global_step - 1:
                 logs["kd_teacher"] = self.teacher_calls[-1][1]  # the teacher of the step just done (audits)
+            if self.kd_task == "clm":
+                logs["clm_loss"] = logs.pop("mlm_loss")
             self._reset_log_sums()
         super().log(logs, start_time)
 
