@@ -66,6 +66,7 @@ def card_metadata(trainer, metrics: dict[str, Any], data_args=None) -> dict[str,
     has_kd = bool(trainer.teachers)
     data, _ = training_data(data_args)
     facts = {
+        "task": getattr(trainer, "kd_task", "mlm"),
         "teachers": list(trainer.teacher_names),
         "kd_alpha": args.kd_alpha if has_kd else 0.0,
         "kd_temperature": args.kd_temperature,
@@ -93,8 +94,9 @@ def build_model_card(trainer, metrics: dict[str, Any], data_args=None, repo_id: 
 
     facts = card_metadata(trainer, metrics, data_args)
     _, datasets = training_data(data_args)
-    tags = [t for t in TAGS if t != "knowledge-distillation" or facts["teachers"]] + ["fill-mask"]
-    data = ModelCardData(library_name="transformers", pipeline_tag="fill-mask", tags=tags,
+    pipeline = "text-generation" if facts.get("task") == "clm" else "fill-mask"
+    tags = [t for t in TAGS if t != "knowledge-distillation" or facts["teachers"]] + [pipeline]
+    data = ModelCardData(library_name="transformers", pipeline_tag=pipeline, tags=tags,
                          datasets=datasets or None, hf_kd=facts)
     name = repo_id or Path(trainer.args.output_dir).name
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{_card_text(name, facts)}")
@@ -105,7 +107,7 @@ def _card_text(name: str, f: dict[str, Any]) -> str:
     if f["teachers"]:
         kd = (f"Knowledge distillation from {', '.join(f'`{t}`' for t in f['teachers'])} "
               f"(teacher selection `{f['kd_teacher_selection']}`) for the first {f['kd_stop_step']} of "
-              f"{f['train_steps']} optimizer steps, then plain MLM.")
+              f"{f['train_steps']} optimizer steps, then plain {'causal LM' if f.get('task') == 'clm' else 'MLM'}.")
     else:
         kd = "No teacher: the no-KD baseline, trained through the same loss path."
     rows = [
@@ -124,9 +126,13 @@ def _card_text(name: str, f: dict[str, Any]) -> str:
     ]
     rows += [(k, f"{f[k]:.4g}") for k in ("eval_loss", "perplexity", "eval_accuracy") if k in f]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
-    usage = f'from transformers import pipeline\nfill = pipeline("fill-mask", model="{name}")'
-    return (f"# {name}\n\nA BERT-style masked language model pretrained with hf-kd (knowledge distillation "
-            f"during MLM pretraining with a KD cutoff, after {PAPER}). {kd}\n\n"
+    if f.get("task") == "clm":
+        usage = f'from transformers import pipeline\ngenerate = pipeline("text-generation", model="{name}")'
+        what = "A causal language model pretrained with hf-kd (knowledge distillation during next-token pretraining"
+    else:
+        usage = f'from transformers import pipeline\nfill = pipeline("fill-mask", model="{name}")'
+        what = "A BERT-style masked language model pretrained with hf-kd (knowledge distillation during MLM pretraining"
+    return (f"# {name}\n\n{what} with a KD cutoff, after {PAPER}). {kd}\n\n"
             f"## Training\n\n| | |\n|---|---|\n{table}\n\n"
             "GPU-hours are training wall-clock x processes (evaluation excluded).\n\n"
             f"## Use\n\n```python\n{usage}\n```\n")
