@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .losses import DIVERGENCES, IGNORE_INDEX, DistillationLoss, kd_from_log_probs, teacher_log_probs
+from .losses import DIVERGENCES, IGNORE_INDEX, DistillationLoss, teacher_log_probs
 
 # float32 elements per [chunk, V] buffer: 2**22 = 16 MB, a handful of which are alive at once.
 DEFAULT_CHUNK_ELEMENTS = 2**22
@@ -40,24 +40,39 @@ def default_chunk_size(vocab_size: int) -> int:
 
 
 def _chunk_grad_logits(z, labels, t_logits, temperature, divergence, ce_scale, kd_scale):
-    """Loss sums and d(loss)/dz of one chunk. Returns (ce_sum, kd_sum or None, grad_z float32 [C, V])."""
-    logp_t1 = F.log_softmax(z, dim=-1)  # temperature-1 log-softmax for the CE
-    ce_sum = F.nll_loss(logp_t1, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    """Loss sums and d(loss)/dz of one chunk. Returns (ce_sum, kd_sum or None, grad_z float32 [C, V]).
+
+    Written for few passes over the ``[C, V]`` buffers (the step is memory-bound there): in-place ops, the
+    temperature-1 log-softmax shared by CE and KD, and the forward-KL sum as one dot product.
+    """
     valid = labels != IGNORE_INDEX
-    grad = logp_t1.exp_()  # softmax(z), in place: the log-probs are not needed any more
-    grad[valid, labels[valid]] -= 1.0
-    grad.mul_(valid.unsqueeze(1) * ce_scale)  # rows without a label carry no CE gradient
+    logp = F.log_softmax(z, dim=-1)  # temperature 1: the CE's (and the KD's when T == 1)
+    ce_sum = F.nll_loss(logp, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    ce_row = (valid * ce_scale).unsqueeze(1)  # [C, 1]; rows without a label carry no CE gradient
+    kd_sum = None
     if t_logits is None:
-        return ce_sum, None, grad
-    s_logp = F.log_softmax(z / temperature, dim=-1)
-    t_logp = teacher_log_probs(t_logits, temperature)
-    kl = kd_from_log_probs(s_logp, t_logp, divergence)
-    if divergence == "forward_kl":
-        kd_grad = s_logp.exp_().sub_(t_logp.exp_())  # p - q
+        grad = logp.exp_().mul_(ce_row)
+    elif divergence == "forward_kl":
+        # d/dz = ce_row * (softmax(z) - onehot) + kd_scale * (p_T - q)
+        t_logp = teacher_log_probs(t_logits, temperature)
+        q = t_logp.exp()
+        s_logp = logp if temperature == 1.0 else F.log_softmax(z / temperature, dim=-1)
+        kd_sum = torch.dot(q.view(-1), t_logp.sub_(s_logp).view(-1))  # sum q * (log q - log p)
+        if temperature == 1.0:
+            grad = logp.exp_().mul_(ce_row + kd_scale).addcmul_(q, -kd_scale)
+        else:
+            grad = logp.exp_().mul_(ce_row).add_(s_logp.exp_().sub_(q).mul_(kd_scale))
     else:
-        kd_grad = s_logp.exp() * (s_logp - t_logp - kl[:, None])  # p * (log p - log q - KL)
-    grad.add_(kd_grad.mul_(kd_scale))
-    return ce_sum, kl.sum(), grad
+        # d/dz = ce_row * (softmax(z) - onehot) + kd_scale * p_T * (log p_T - log q - KL_row)
+        t_logp = teacher_log_probs(t_logits, temperature)
+        s_logp = logp.clone() if temperature == 1.0 else F.log_softmax(z / temperature, dim=-1)
+        p = s_logp.exp()
+        diff = s_logp.sub_(t_logp)  # log p - log q
+        kl_row = torch.bmm(p.unsqueeze(1), diff.unsqueeze(2)).view(-1)
+        kd_sum = kl_row.sum()
+        grad = logp.exp_().mul_(ce_row).add_(diff.sub_(kl_row.unsqueeze(1)).mul_(p).mul_(kd_scale))
+    grad[valid, labels[valid]] -= ce_row[valid, 0]
+    return ce_sum, kd_sum, grad
 
 
 class _ChunkedLinearKD(torch.autograd.Function):
