@@ -93,9 +93,8 @@ def make_trainer(variant: str, a: argparse.Namespace) -> Trainer:
         return DistillationTrainer(model=student, teacher_model=make_model(a, 1), args=args)
     if variant == "hand":
         return HandKDTrainer(make_model(a, 1), model=student, args=TrainingArguments(**_common(outdir)))
-    from trl.experimental.gkd import GKDConfig, GKDTrainer
-
     from datasets import Dataset
+    from trl.experimental.gkd import GKDConfig, GKDTrainer
 
     args = GKDConfig(**_common(outdir), lmbda=0.0, beta=0.0, temperature=1.0, max_length=a.seq)
     data = Dataset.from_dict({"messages": [[{"role": "user", "content": "w3"}, {"role": "assistant", "content": "w4"}]]})
@@ -206,13 +205,18 @@ def main() -> None:
     med = {v: statistics.median(ts) for v, ts in times.items()}
     mem = {v: peak_rss_mib(v, a) for v in variants}
     res = {"config": vars(a), "seconds_per_step_median": med, "seconds_per_step_all": times, "flop_ideal": ideal,
-           "ratio_to_plain": {v: med[v] / med["plain"] for v in variants}, "peak_rss_mib": mem,
+           "ratio_to_plain": {v: med[v] / med["plain"] for v in variants},
+           # each round's ratio to the plain block run just before it, then the median (robust to load drifts)
+           "ratio_per_round_median": {v: statistics.median(t / p for t, p in zip(times[v], times["plain"]))
+                                      for v in variants},
+           "peak_rss_mib": mem,
            "rss_over_plain_mib": {v: mem[v] - mem["plain"] for v in variants},
            "missing": [v for v in a.variants if v not in variants]}
     print(f"tiny GPT-2 {a.layers}L/{a.hidden}, vocab {a.vocab}, batch {a.batch} x {a.seq}, CPU, {a.threads} thread(s)")
-    print(f"  {'variant':<10} {'ms/step':>9} {'x plain':>8} {'peak RSS MiB':>13} {'+ over plain':>13}")
+    print(f"  {'variant':<10} {'ms/step':>9} {'x plain':>8} {'x plain/round':>14} {'peak RSS MiB':>13} {'+ over plain':>13}")
     for v in variants:
-        print(f"  {v:<10} {1000 * med[v]:9.1f} {med[v] / med['plain']:8.2f} {mem[v]:13.0f} {mem[v] - mem['plain']:+13.0f}")
+        print(f"  {v:<10} {1000 * med[v]:9.1f} {med[v] / med['plain']:8.2f} {res['ratio_per_round_median'][v]:14.2f} "
+              f"{mem[v]:13.0f} {mem[v] - mem['plain']:+13.0f}")
     print(f"  FLOP-model ideal (same-size teacher): {ideal:.2f} x plain")
     if res["missing"]:
         print(f"  not run (not importable): {res['missing']}")

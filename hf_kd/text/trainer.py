@@ -1,4 +1,5 @@
-"""``DistillationTrainer``: MLM pretraining with KD from one or more teachers, a KD cutoff, and cost accounting.
+"""``DistillationTrainer``: MLM or causal-LM pretraining with KD from one or more teachers, a KD cutoff, and cost
+accounting. The causal-LM loss lives in :mod:`hf_kd.text.clm_loss` (mixed in); the task is read from the model.
 
     from hf_kd import DistillationTrainer, DistillationTrainingArguments
     args = DistillationTrainingArguments(output_dir="out", max_steps=1000, kd_alpha=0.5, kd_stop_ratio=0.5)
@@ -67,7 +68,8 @@ def load_teachers(spec: TeacherSpec, args: DistillationTrainingArguments,
 
 
 class DistillationTrainer(CausalLMLossMixin, Trainer):
-    """A ``transformers.Trainer`` whose loss is ``(1 - a) * MLM + a * T^2 * KL`` until the KD stop step.
+    """A ``transformers.Trainer`` whose loss is ``(1 - a) * CE + a * T^2 * KL`` until the KD stop step, for masked
+    LMs (CE at masked positions) and causal LMs (next-token CE and KD; ``args.kd_task``). Other models are refused.
 
     Args:
         teacher_model: a model, a path/Hub id, a list of those, or ``None`` (no-KD baseline; falls back to
