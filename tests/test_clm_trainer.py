@@ -138,6 +138,8 @@ def test_teacher_with_another_tokenizer_is_refused(tmp_path):
 
     teacher = tiny_gpt2(seed=1)
     teacher.save_pretrained(tmp_path / "t")
+    DistillationTrainer(model=tiny_gpt2(), teacher_model=str(tmp_path / "t"), args=quick_args(tmp_path / "none"),
+                        processing_class=tok(["<unk>", "b", "a"]))  # teacher saved without a tokenizer: no check
     tok(["<unk>", "a", "b"]).save_pretrained(tmp_path / "t")
     DistillationTrainer(model=tiny_gpt2(), teacher_model=str(tmp_path / "t"), args=quick_args(tmp_path / "ok"),
                         processing_class=tok(["<unk>", "a", "b"]))  # same vocabulary: accepted

@@ -161,11 +161,28 @@ def chunked_ce_and_argmax(hidden: torch.Tensor, weight: torch.Tensor, bias: torc
 
 
 def load_teacher_tokenizer(teacher: torch.nn.Module):
-    """The tokenizer saved with a teacher loaded from a folder or Hub id, or ``None`` when there is none."""
+    """The tokenizer saved with a teacher loaded from a folder or Hub id, or ``None`` when there is none.
+
+    Only where a ``tokenizer_config.json`` exists: on a folder without one ``AutoTokenizer`` builds a placeholder
+    tokenizer of 1-5 tokens, which would then "differ" from every real vocabulary.
+    """
+    from pathlib import Path
+
     from transformers import AutoTokenizer
 
     name = getattr(getattr(teacher, "config", None), "_name_or_path", "")
     if not name:
+        return None
+    if Path(name).is_dir():
+        has_tokenizer = (Path(name) / "tokenizer_config.json").is_file()
+    else:
+        try:
+            from huggingface_hub import file_exists
+
+            has_tokenizer = file_exists(name, "tokenizer_config.json")
+        except Exception:  # offline, private, not a Hub id: nothing to compare against
+            has_tokenizer = False
+    if not has_tokenizer:
         return None
     try:
         return AutoTokenizer.from_pretrained(name)
