@@ -71,7 +71,8 @@ def _chunk_grad_logits(z, labels, t_logits, temperature, divergence, ce_scale, k
         kl_row = torch.bmm(p.unsqueeze(1), diff.unsqueeze(2)).view(-1)
         kd_sum = kl_row.sum()
         grad = logp.exp_().mul_(ce_row).add_(diff.sub_(kl_row.unsqueeze(1)).mul_(p).mul_(kd_scale))
-    grad[valid, labels[valid]] -= ce_row[valid, 0]
+    # - onehot(y) on labelled rows; a scatter, not boolean indexing (which would sync a GPU with the host)
+    grad.scatter_add_(1, labels.clamp(min=0).unsqueeze(1), -ce_row)
     return ce_sum, kd_sum, grad
 
 
