@@ -45,8 +45,9 @@ def _hand_steps(student, teachers, rows, kd_steps, total_steps, **kw):
 
 def _train(tmp_path, make_student, teachers, batch, ga, max_steps=1, stop=None, **kw):
     student = make_student()
+    kw.setdefault("learning_rate", LR)
     args = quick_args(tmp_path, per_device_train_batch_size=batch, gradient_accumulation_steps=ga, max_steps=max_steps,
-                      kd_stop_steps=stop, learning_rate=LR, **kw)
+                      kd_stop_steps=stop, **kw)
     trainer = DistillationTrainer(model=student, teacher_model=teachers, args=args,
                                   train_dataset=ListDataset(clm_examples(8)), data_collator=default_data_collator)
     trainer.train()
@@ -146,3 +147,14 @@ def test_teacher_with_another_tokenizer_is_refused(tmp_path):
     with pytest.raises(ValueError, match="has another vocabulary than the student"):
         DistillationTrainer(model=tiny_gpt2(), teacher_model=str(tmp_path / "t"), args=quick_args(tmp_path / "x"),
                             processing_class=tok(["<unk>", "b", "a"]))
+
+
+def test_bf16_autocast_chunked_matches_full_logits(tmp_path):
+    """Under bf16 autocast (teacher in bf16) the chunked loss follows the full-logits path step by step."""
+    losses = {}
+    for chunk in (None, 0):
+        _, trainer = _train(tmp_path / str(chunk), tiny_gpt2, [tiny_llama(seed=1)], 4, 1, max_steps=2, bf16=True,
+                            clm_chunk_size=chunk, kd_alpha=0.5, learning_rate=0.01)
+        assert next(trainer.teachers[0].parameters()).dtype == torch.bfloat16
+        losses[chunk] = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert losses[None] == pytest.approx(losses[0], rel=1e-4)
