@@ -121,6 +121,8 @@ def test_model_without_a_loss_is_refused(tmp_path):
                                                      num_attention_heads=2, intermediate_size=64))
     with pytest.raises(ValueError, match="no loss for BertForSequenceClassification: it supports masked LMs"):
         DistillationTrainer(model=model, args=quick_args(tmp_path), train_dataset=ListDataset(clm_examples(4)))
+    with pytest.raises(ValueError, match="got model=None"):
+        DistillationTrainer(model=None, args=quick_args(tmp_path), train_dataset=ListDataset(clm_examples(4)))
 
 
 def test_teacher_of_another_task_is_refused(tmp_path):

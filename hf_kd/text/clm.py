@@ -47,7 +47,10 @@ def resolve_kd_task(model: torch.nn.Module | None, requested: str = "auto") -> s
     """The loss ``DistillationTrainer`` trains ``model`` with; a model it has no loss for is refused."""
     if requested != "auto":
         return requested
-    task = model_task(model) if model is not None else None
+    if model is None:
+        raise ValueError("DistillationTrainer got model=None: pass model=..., or with model_init set kd_task='mlm' or "
+                         "'clm' (the loss is read from the model)")
+    task = model_task(model)
     if task is None:
         name = type(getattr(model, "module", model)).__name__
         raise ValueError(
