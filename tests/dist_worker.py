@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # launched as a script by torchrun
     sys.path.insert(0, str(REPO))
 
+from tests.clm_fixtures import clm_examples, tiny_gpt2  # noqa: E402
 from tests.conftest import ForwardCounter, ListDataset, mlm_examples, tiny_bert  # noqa: E402
 
 ENGINES = ("single", "ddp", "zero2", "zero3")
@@ -56,12 +57,13 @@ def configure_cpu_deepspeed_state() -> None:
 
 def build_trainer(engine: str, out: Path, world_size: int, teachers: int = 1, selection: str = "mean",
                   global_batch: int = 4, max_steps: int = 4, kd_stop: int = 2, path_teacher: Path | None = None,
-                  **overrides):
+                  task: str = "mlm", ga: int = 1, **overrides):
     from transformers import default_data_collator
 
     from hf_kd import DistillationTrainer, DistillationTrainingArguments
 
-    kw = dict(output_dir=str(out / "run"), max_steps=max_steps, per_device_train_batch_size=global_batch // world_size,
+    kw = dict(output_dir=str(out / "run"), max_steps=max_steps, gradient_accumulation_steps=ga,
+              per_device_train_batch_size=global_batch // (world_size * ga),
               learning_rate=0.5, optim="sgd", lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
               max_grad_norm=0.0, report_to="none", save_strategy="no", logging_steps=1, seed=0,
               disable_tqdm=True, dataloader_num_workers=0, train_sampling_strategy="sequential",
@@ -75,11 +77,14 @@ def build_trainer(engine: str, out: Path, world_size: int, teachers: int = 1, se
     args = DistillationTrainingArguments(**kw)
     # A teacher given by path is loaded inside the trainer, after the DeepSpeed config exists: under ZeRO-3
     # from_pretrained then builds it partitioned (deepspeed.zero.Init) -- the path real runs take.
-    specs = [tiny_bert(seed=s, layers=1) for s in range(1, teachers + 1)]
+    # task "clm": a GPT-2 student, GPT-2 and (by path) Llama teachers, next-token data with padding and prompts.
+    make_teacher, make_student, examples = ((lambda s: tiny_gpt2(seed=s, layers=1)), tiny_gpt2, clm_examples) \
+        if task == "clm" else ((lambda s: tiny_bert(seed=s, layers=1)), tiny_bert, mlm_examples)
+    specs = [make_teacher(s) for s in range(1, teachers + 1)]
     if path_teacher is not None:
         specs[-1] = str(path_teacher)
-    trainer = DistillationTrainer(model=tiny_bert(seed=0), teacher_model=specs, args=args,
-                                  train_dataset=ListDataset(mlm_examples(global_batch * max_steps)),
+    trainer = DistillationTrainer(model=make_student(seed=0), teacher_model=specs, args=args,
+                                  train_dataset=ListDataset(examples(global_batch * max_steps)),
                                   data_collator=default_data_collator)
     # On the model itself (a DeepSpeed engine's .module): its hooks fire inside the engine's forward too.
     trainer.teacher_forward_counters = [ForwardCounter(getattr(t, "module", t)) for t in trainer.teachers]
@@ -122,11 +127,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max_steps", type=int, default=4)
     p.add_argument("--kd_stop", type=int, default=2)
     p.add_argument("--path_teacher", type=Path, default=None, help="load the last teacher from this folder")
+    p.add_argument("--task", choices=("mlm", "clm"), default="mlm")
+    p.add_argument("--ga", type=int, default=1, help="gradient accumulation steps")
     a = p.parse_args(argv)
     torch.set_num_threads(1)  # two ranks share two cores
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     trainer = build_trainer(a.engine, a.out, world_size, a.teachers, a.selection, a.global_batch, a.max_steps,
-                            a.kd_stop, a.path_teacher)
+                            a.kd_stop, a.path_teacher, a.task, a.ga)
     trainer.train()
     result = report(trainer)
     a.out.mkdir(parents=True, exist_ok=True)

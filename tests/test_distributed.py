@@ -34,12 +34,12 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _launch(engine: str, out: Path, nproc: int, teacher_dir: Path) -> list[dict]:
+def _launch(engine: str, out: Path, nproc: int, teacher_dir: Path, extra: tuple[str, ...] = ()) -> list[dict]:
     if nproc == 1:
         cmd = [sys.executable, str(WORKER)]
     else:  # --standalone: a local rendezvous on a free port, so parallel test runs do not collide
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(WORKER)]
-    args = ["--engine", engine, "--out", str(out), "--path_teacher", str(teacher_dir)] + RUN
+    args = ["--engine", engine, "--out", str(out), "--path_teacher", str(teacher_dir)] + RUN + list(extra)
     proc = subprocess.run(cmd + args, env=_env(), cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"{engine} x{nproc} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
@@ -95,6 +95,28 @@ def test_two_processes_match_one(tmp_path, single_process, teacher_dir, engine):
     assert ranks[0]["teacher_calls"] == ranks[1]["teacher_calls"]
     assert ranks[0]["teacher_forwards"] == ranks[1]["teacher_forwards"]
     assert {i for _, i in ranks[0]["teacher_calls"]} == {0, 1}
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.parametrize("engine", ["ddp", "zero3"])
+def test_causal_lm_two_processes_with_ga_match_one(tmp_path, engine):
+    """Causal LM (GPT-2 student; GPT-2 + Llama-by-path teachers): 2 ranks x GA 2 x batch 1 == 1 process x batch 4.
+
+    DDP runs the chunked loss through the DDP wrapper; ZeRO-3 falls back to full logits (sharded head weights)."""
+    from tests.clm_fixtures import tiny_llama
+
+    tiny_llama(seed=2).save_pretrained(tmp_path / "llama")
+    clm = ("--task", "clm")
+    ref = _train_lines(_launch("single", tmp_path / "one", 1, tmp_path / "llama", clm)[0])
+    ranks = _launch(engine, tmp_path / "two", 2, tmp_path / "llama", clm + ("--ga", "2"))
+    assert len(ref) == MAX_STEPS
+    for r in ranks:
+        lines = _train_lines(r)
+        for key in ("loss", "clm_loss", "kd_loss", "kd_weight"):
+            got, want = [e.get(key, -1.0) for e in lines], [e.get(key, -1.0) for e in ref]
+            assert got == pytest.approx(want, rel=1e-5, abs=1e-6), (key, got, want)
+        assert sorted({step for step, _ in r["teacher_calls"]}) == list(range(KD_STOP))
 
 
 # -- fast checks: shipped configs and teacher placement -------------------------------------------------------

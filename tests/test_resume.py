@@ -55,7 +55,7 @@ def step_of(checkpoint: str | Path) -> int:
 
 
 def attempt(env, argv: list[str], out: Path, resumed_at: int, rng: random.Random | None, interval: float | None,
-            log: Path) -> tuple[bool, float, float | None]:
+            log: Path, script: str = "run_mlm_kd.py") -> tuple[bool, float, float | None]:
     """One ``run_mlm_kd.py`` process, SIGKILLed a random moment after it published a checkpoint past ``resumed_at``
     (never killed when ``rng`` is None).
 
@@ -66,7 +66,7 @@ def attempt(env, argv: list[str], out: Path, resumed_at: int, rng: random.Random
             "OMP_NUM_THREADS": str(torch.get_num_threads())}  # same threads as the in-process reference run
     start = time.monotonic()
     with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, str(REPO / "run_scripts" / "run_mlm_kd.py"), *argv], env=penv,
+        proc = subprocess.Popen([sys.executable, str(REPO / "run_scripts" / script), *argv], env=penv,
                                 stdout=f, stderr=subprocess.STDOUT)
     seen: dict[int, float] = {}
     try:

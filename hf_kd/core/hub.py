@@ -79,7 +79,7 @@ EVAL_KEYS = ("eval_loss", "perplexity", "eval_accuracy")
 def card_metadata(trainer, metrics: dict[str, Any], data_args=None) -> dict[str, Any]:
     """The ``hf_kd`` facts of a run, as they go into the card's YAML block (``kd_*`` only when a teacher ran)."""
     args = trainer.args
-    facts: dict[str, Any] = {"teachers": list(trainer.teacher_names)}
+    facts: dict[str, Any] = {"task": getattr(trainer, "kd_task", "mlm"), "teachers": list(trainer.teacher_names)}
     if trainer.teachers:
         facts.update(kd_alpha=args.kd_alpha, kd_temperature=args.kd_temperature, kd_stop_step=trainer.kd_stop_step,
                      kd_teacher_selection=args.kd_teacher_selection, kd_positions=args.kd_positions,
@@ -113,13 +113,14 @@ def build_model_card(trainer, metrics: dict[str, Any], data_args=None, repo_id: 
 
     facts = card_metadata(trainer, metrics, data_args)
     data_name, datasets = training_data(data_args)
-    tags = [t for t in TAGS if t != "knowledge-distillation" or facts["teachers"]] + ["fill-mask"]
+    pipeline = "text-generation" if facts["task"] == "clm" else "fill-mask"
+    tags = [t for t in TAGS if t != "knowledge-distillation" or facts["teachers"]] + [pipeline]
     name = repo_id or Path(trainer.args.output_dir).absolute().name
-    results = [EvalResult(task_type="fill-mask", dataset_type=(datasets or ["text"])[0], dataset_name=data_name,
+    results = [EvalResult(task_type=pipeline, dataset_type=(datasets or ["text"])[0], dataset_name=data_name,
                           metric_type=k, metric_value=facts[k]) for k in EVAL_KEYS if k in facts]
-    data = ModelCardData(library_name="transformers", pipeline_tag="fill-mask", tags=tags, datasets=datasets or None,
+    data = ModelCardData(library_name="transformers", pipeline_tag=pipeline, tags=tags, datasets=datasets or None,
                          model_name=name, eval_results=results or None, hf_kd=facts)
-    body = _card_text(name, facts) + _usage_text(trainer.args.output_dir, repo_id) + _trainer_sections(trainer)
+    body = _card_text(name, facts) + _usage_text(trainer.args.output_dir, repo_id, pipeline) + _trainer_sections(trainer)
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 
 
@@ -129,7 +130,7 @@ def _card_text(name: str, f: dict[str, Any]) -> str:
     if f["teachers"]:
         kd = (f"Knowledge distillation from {', '.join(f'`{t}`' for t in f['teachers'])} "
               f"(teacher selection `{f['kd_teacher_selection']}`) for the first {f['kd_stop_step']} of "
-              f"{f['train_steps']} optimizer steps, then plain MLM.")
+              f"{f['train_steps']} optimizer steps, then plain {'causal LM' if f['task'] == 'clm' else 'MLM'}.")
         rows += [("teachers", ", ".join(f["teachers"])), ("KD weight (kd_alpha)", f["kd_alpha"]),
                  ("temperature", f["kd_temperature"]), ("KD stop step", f["kd_stop_step"]),
                  ("teacher selection", f["kd_teacher_selection"]),
@@ -147,17 +148,21 @@ def _card_text(name: str, f: dict[str, Any]) -> str:
     ]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     evals = "\n".join(f"- {k}: {f[k]:.4g}" for k in EVAL_KEYS if k in f)
-    return (f"# {name}\n\nA BERT-style masked language model pretrained with hf-kd (knowledge distillation "
-            f"during MLM pretraining with a KD cutoff, after {PAPER}). {kd}\n\n"
+    if f["task"] == "clm":
+        what, held_out = "A causal language model pretrained with hf-kd (knowledge distillation during next-token", "next-token"
+    else:
+        what, held_out = "A BERT-style masked language model pretrained with hf-kd (knowledge distillation during MLM", "MLM"
+    return (f"# {name}\n\n{what} pretraining with a KD cutoff, after {PAPER}). {kd}\n\n"
             f"## Training\n\n| | |\n|---|---|\n{table}\n\n"
-            "GPU-hours are training wall-clock x processes (evaluation excluded).\n\n"
-            + (f"## Evaluation results (held-out MLM)\n\n{evals}\n\n" if evals else ""))
+            "GPU-hours: each interval's training wall-clock x the processes running then (evaluation excluded).\n\n"
+            + (f"## Evaluation results (held-out {held_out})\n\n{evals}\n\n" if evals else ""))
 
 
-def _usage_text(output_dir: str, repo_id: str | None) -> str:
+def _usage_text(output_dir: str, repo_id: str | None, pipeline: str = "fill-mask") -> str:
     hub_id, note = usage_name(output_dir, repo_id)
-    code = (f'from transformers import pipeline\n\nfill = pipeline("fill-mask", model="{hub_id}")  # from the Hub\n'
-            f'fill = pipeline("fill-mask", model="{output_dir}")  # the run folder, where it was trained')
+    var = "generate" if pipeline == "text-generation" else "fill"
+    code = (f'from transformers import pipeline\n\n{var} = pipeline("{pipeline}", model="{hub_id}")  # from the Hub\n'
+            f'{var} = pipeline("{pipeline}", model="{output_dir}")  # the run folder, where it was trained')
     return f"## Use\n\n```python\n{code}\n```\n\n" + (f"{note}\n\n" if note else "")
 
 

@@ -1,8 +1,9 @@
-"""The text task: MLM pretraining with KD on the Hugging Face ``Trainer``.
+"""The text task: MLM and causal-LM pretraining with KD on the Hugging Face ``Trainer``.
 
-Holds ``DistillationTrainer`` (``trainer``) and its arguments (``config``, ``script_args``), the sparse MLM head
-(``sparse_head``), data loading and the built-in corpus (``data``, ``corpus``), resumable masking
-(``masking``), student presets (``models``) and the pretraining job behind ``run_mlm_kd.py`` (``pretrain``).
+Holds ``DistillationTrainer`` (``trainer``; its causal-LM loss in ``clm_loss``, positions and hidden-state capture
+in ``clm``) and its arguments (``config``, ``script_args``), the sparse MLM head (``sparse_head``), data loading
+and the built-in corpus (``data``, ``corpus``), resumable masking (``masking``), student presets (``models``) and
+the pretraining job behind ``run_mlm_kd.py`` / ``run_clm_kd.py`` (``pretrain``).
 
 May import: ``hf_kd.core`` and ``hf_kd.text``. Never ``hf_kd.vision`` or ``hf_kd.reproduce``.
 """

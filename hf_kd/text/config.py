@@ -15,6 +15,7 @@ from ..core.kd_args import kd_field, validate_kd_fields
 KD_POSITIONS = ("masked", "all")
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 NONFINITE_POLICIES = ("stop", "skip")
+KD_TASKS = ("auto", "mlm", "clm")
 
 
 def _check_deepspeed_file(value) -> None:
@@ -62,6 +63,17 @@ class DistillationTrainingArguments(TrainingArguments):
         default=True,
         metadata={"help": "Run the MLM head only at positions that carry a loss (student: masked positions; teacher: "
                   "KD positions) for BERT-family models; falls back to the full forward for other heads."},
+    )
+    kd_task: str = field(
+        default="auto",
+        metadata={"help": "Which loss the student trains with: 'mlm' (masked LM), 'clm' (causal LM: next-token CE and "
+                  "KD over shifted positions) or 'auto' = from the model class (other models are refused)."},
+    )
+    clm_chunk_size: int | None = field(
+        default=None,
+        metadata={"help": "Causal LMs: positions per chunk of the fused LM-head + CE + KD loss, which never holds "
+                  "[positions, vocab] logits (None = auto, about 16 MB per [chunk, vocab] float32 buffer); 0 = "
+                  "full logits from the model's own head (needed under DeepSpeed ZeRO-3)."},
     )
     teacher_trust_remote_code: bool = field(
         default=False,
@@ -116,8 +128,10 @@ class DistillationTrainingArguments(TrainingArguments):
         super().__post_init__()
         validate_kd_fields(self, self.max_steps if self.max_steps > 0 else None)
         for name, allowed in (("kd_positions", KD_POSITIONS), ("teacher_dtype", TEACHER_DTYPES),
-                              ("on_nonfinite_loss", NONFINITE_POLICIES)):
+                              ("on_nonfinite_loss", NONFINITE_POLICIES), ("kd_task", KD_TASKS)):
             if getattr(self, name) not in allowed:
                 raise _bad(name, getattr(self, name), f"one of {allowed}")
+        if self.clm_chunk_size is not None and self.clm_chunk_size < 0:
+            raise _bad("clm_chunk_size", self.clm_chunk_size, "an integer >= 0 (0 = full logits) or None (auto)")
         if isinstance(self.teacher_model_name_or_path, str):
             self.teacher_model_name_or_path = [self.teacher_model_name_or_path]

@@ -1,4 +1,7 @@
-"""Student construction: from a checkpoint, a config, or a BERT size preset (from scratch)."""
+"""Student construction: from a checkpoint, a config, or a size preset (from scratch).
+
+Presets: BERT sizes for masked LMs; for causal LMs the same sizes as GPT-2 (``tiny``...) or Llama (``llama-tiny``...).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +9,10 @@ import logging
 from collections.abc import Sequence
 
 import torch
-from transformers import AutoConfig, AutoModelForMaskedLM, BertConfig
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, BertConfig, GPT2Config, LlamaConfig
 
 from ..core.teachers import TeacherLoadError, load_pretrained, load_tokenizer_of
-from .script_args import MODEL_PRESETS, ModelArguments
+from .script_args import CLM_PRESETS, MODEL_PRESETS, ModelArguments
 
 logger = logging.getLogger(__name__)
 
@@ -29,23 +32,48 @@ def preset_config(name: str, vocab_size: int, max_position_embeddings: int = 512
     return BertConfig(**cfg)
 
 
-def build_student(args: ModelArguments, tokenizer, allow_pickle: bool = False):
-    """The student model: ``model_name_or_path`` > ``config_name`` > ``model_preset`` (default ``tiny``)."""
+def clm_preset_config(name: str, vocab_size: int, max_position_embeddings: int = 1024, tokenizer=None):
+    """A ``GPT2Config`` (``tiny``...) or ``LlamaConfig`` (``llama-tiny``...) for one of :data:`CLM_PRESETS`."""
+    if name not in CLM_PRESETS:
+        raise ValueError(f"model_preset={name!r} is invalid for a causal LM: expected one of {CLM_PRESETS}")
+    layers, hidden, heads = PRESET_SHAPES[name.removeprefix("llama-")]
+    ids = {k: getattr(tokenizer, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    ids = {k: v for k, v in ids.items() if v is not None}
+    if name.startswith("llama-"):
+        return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                           num_key_value_heads=heads, intermediate_size=8 * hidden // 3,
+                           max_position_embeddings=max_position_embeddings, tie_word_embeddings=True, **ids)
+    return GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=heads,
+                      n_positions=max_position_embeddings, **ids)
+
+
+def build_student(args: ModelArguments, tokenizer, allow_pickle: bool = False, task: str = "mlm"):
+    """The student model: ``model_name_or_path`` > ``config_name`` > ``model_preset`` (default ``tiny``).
+
+    ``task``: ``"mlm"`` (``AutoModelForMaskedLM``, BERT presets) or ``"clm"`` (``AutoModelForCausalLM``, GPT-2 and
+    Llama presets).
+    """
+    auto_class = AutoModelForCausalLM if task == "clm" else AutoModelForMaskedLM
     if args.model_name_or_path:
         # float32 whatever the checkpoint was saved in (transformers 5.x would keep a bf16 save in bf16): these are
         # the trained master weights; --bf16/--fp16 run them under autocast.
-        return load_pretrained(args.model_name_or_path, AutoModelForMaskedLM, dtype=torch.float32,
+        return load_pretrained(args.model_name_or_path, auto_class, dtype=torch.float32,
                                trust_remote_code=args.trust_remote_code, allow_pickle=allow_pickle, what="student")
     if args.config_name:
         try:
             config = AutoConfig.from_pretrained(args.config_name, trust_remote_code=args.trust_remote_code)
         except OSError as e:
             raise TeacherLoadError(f"could not load config {args.config_name!r}: {str(e).splitlines()[0]}") from e
-        config.vocab_size = len(tokenizer)
+        if task != "clm" or config.vocab_size < len(tokenizer):
+            # causal-LM configs (Llama, Qwen) pad the vocabulary past the tokenizer: keep it, so that a teacher
+            # of the same family has the very same output size
+            config.vocab_size = len(tokenizer)
+    elif task == "clm":
+        config = clm_preset_config(args.model_preset or "tiny", vocab_size=len(tokenizer), tokenizer=tokenizer)
     else:
         config = preset_config(args.model_preset or "tiny", vocab_size=len(tokenizer))
     config.pad_token_id = tokenizer.pad_token_id
-    return AutoModelForMaskedLM.from_config(config, trust_remote_code=args.trust_remote_code)
+    return auto_class.from_config(config, trust_remote_code=args.trust_remote_code)
 
 
 def check_vocab_fits(model, tokenizer) -> None:

@@ -1,4 +1,5 @@
-"""MLM pretraining with optional KD: the logic behind ``run_scripts/run_mlm_kd.py`` and ``hf-kd reproduce``."""
+"""Pretraining with optional KD, masked (``task="mlm"``) or causal (``task="clm"``) LM: the logic behind
+``run_scripts/run_mlm_kd.py``, ``run_scripts/run_clm_kd.py`` and ``hf-kd reproduce``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 from pathlib import Path
 
 import numpy as np
-from transformers import AutoTokenizer, set_seed
+from transformers import AutoTokenizer, DataCollatorForLanguageModeling, set_seed
 
 from ..core.checkpointing import checkpoint_problem, latest_complete_checkpoint
 from ..core.hub import publish_run, take_hub_settings
@@ -36,6 +37,15 @@ def mlm_accuracy(eval_pred) -> dict[str, float]:
     preds, labels = eval_pred.predictions, eval_pred.label_ids
     preds = preds[0] if isinstance(preds, tuple) else preds
     mask = labels != -100
+    return {"accuracy": float((preds[mask] == labels[mask]).mean()) if mask.any() else 0.0}
+
+
+def next_token_accuracy(eval_pred) -> dict[str, float]:
+    """Causal LMs: share of next tokens predicted right (the trainer returns ``preds[:, i]`` = guess for token i+1)."""
+    preds, labels = eval_pred.predictions, eval_pred.label_ids
+    preds = preds[0] if isinstance(preds, tuple) else preds
+    preds, labels = preds[:, :-1], labels[:, 1:]
+    mask = (labels != -100) & (preds != -100)
     return {"accuracy": float((preds[mask] == labels[mask]).mean()) if mask.any() else 0.0}
 
 
@@ -84,14 +94,18 @@ def load_tokenizer(model_args: ModelArguments, train_raw, column: str):
 
 
 def build_trainer(model_args: ModelArguments, data_args: DataArguments, args: DistillationTrainingArguments,
-                  teacher_model=None, callbacks=None) -> DistillationTrainer:
-    """Data, tokenizer, student and teachers -> a ready ``DistillationTrainer`` (nothing trained yet)."""
+                  teacher_model=None, callbacks=None, task: str = "mlm") -> DistillationTrainer:
+    """Data, tokenizer, student and teachers -> a ready ``DistillationTrainer`` (nothing trained yet).
+
+    ``task``: ``"mlm"`` (BERT-style student, resumable random masking) or ``"clm"`` (GPT/Llama-style student,
+    next-token labels; no randomness in the collator, so resume is exact too).
+    """
     train_raw, val_raw = load_raw_splits(data_args)
     tokenizer = teacher_tokenizer_for_student(model_args, args.teacher_model_name_or_path, args.teacher_trust_remote_code)
     if tokenizer is None:
         tokenizer = load_tokenizer(model_args, train_raw, data_args.text_column_name)
     set_seed(args.seed)  # the Trainer seeds only once built: a from-scratch student must not get random init
-    student = build_student(model_args, tokenizer, allow_pickle=args.allow_pickle_weights)
+    student = build_student(model_args, tokenizer, allow_pickle=args.allow_pickle_weights, task=task)
     check_seq_length(student, data_args.max_seq_length)
     check_vocab_fits(student, tokenizer)
     col, n = data_args.text_column_name, data_args.preprocessing_num_workers
@@ -99,23 +113,26 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, args: Di
         train = cap(tokenize_and_chunk(train_raw, tokenizer, col, data_args.max_seq_length, n), data_args.max_train_samples)
         val = cap(tokenize_and_chunk(val_raw, tokenizer, col, data_args.max_seq_length, n, what="validation data"),
                   data_args.max_eval_samples)
-    # Masks drawn from (seed, batch) rather than the global RNG, so a resumed run is bit-identical.
-    collator = ResumableMLMCollator(tokenizer, mlm_probability=data_args.mlm_probability,
-                                    seed=args.data_seed if args.data_seed is not None else args.seed)
+    if task == "clm":
+        collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)  # labels = input_ids, padding -100
+    else:  # masks drawn from (seed, batch) rather than the global RNG, so a resumed run is bit-identical
+        collator = ResumableMLMCollator(tokenizer, mlm_probability=data_args.mlm_probability,
+                                        seed=args.data_seed if args.data_seed is not None else args.seed)
     if args.teacher_model_name_or_path is None and teacher_model is None:
         logger.info("no teacher: this is a no-KD baseline run")
     return DistillationTrainer(model=student, teacher_model=teacher_model, args=args, train_dataset=train,
                                eval_dataset=val, data_collator=collator, processing_class=tokenizer,
-                               compute_metrics=mlm_accuracy, callbacks=callbacks)
+                               compute_metrics=next_token_accuracy if task == "clm" else mlm_accuracy,
+                               callbacks=callbacks)
 
 
 def run_pretraining(model_args: ModelArguments, data_args: DataArguments, args: DistillationTrainingArguments,
-                    teacher_model=None, callbacks=None) -> dict[str, float]:
+                    teacher_model=None, callbacks=None, task: str = "mlm") -> dict[str, float]:
     """Train, save the final model and ``all_results.json``; returns the final metrics."""
     resume = resolve_resume(args)
     check_output_dir(args, resume)
     hub = take_hub_settings(args)  # we push after training; the Trainer's own push would open the repo now
-    trainer = build_trainer(model_args, data_args, args, teacher_model, callbacks)
+    trainer = build_trainer(model_args, data_args, args, teacher_model, callbacks, task)
     train_result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
     metrics = dict(train_result.metrics)

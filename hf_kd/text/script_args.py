@@ -1,6 +1,6 @@
-"""Argument dataclasses shared by every text entry point (``run_mlm_kd.py``, ``hf-kd reproduce``).
+"""Argument dataclasses shared by every text entry point (``run_mlm_kd.py``, ``run_clm_kd.py``, ``hf-kd reproduce``).
 
-Flag names follow transformers' ``run_mlm.py`` so users' launch lines carry over.
+Flag names follow transformers' ``run_mlm.py`` / ``run_clm.py`` so users' launch lines carry over.
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 MODEL_PRESETS = ("tiny", "mini", "small", "medium", "base")
+CLM_PRESETS = MODEL_PRESETS + tuple(f"llama-{p}" for p in MODEL_PRESETS)
 
 
 @dataclass
@@ -17,9 +18,10 @@ class ModelArguments:
     config_name: str | None = field(
         default=None, metadata={"help": "Config (folder or Hub id) for a student trained from scratch."})
     model_preset: str | None = field(
-        default=None, metadata={"help": f"From-scratch BERT size, one of {MODEL_PRESETS} (tiny 2L/128, mini 4L/256, "
-                                "small 4L/512, medium 8L/512, base 12L/768). Default tiny when nothing else is set.",
-                                "choices": MODEL_PRESETS})
+        default=None, metadata={"help": f"From-scratch size, one of {MODEL_PRESETS} (tiny 2L/128, mini 4L/256, "
+                                "small 4L/512, medium 8L/512, base 12L/768): BERT for MLM, GPT-2 for causal LMs, "
+                                "which also take llama-tiny ... llama-base. Default tiny when nothing else is set.",
+                                "choices": tuple(dict.fromkeys(MODEL_PRESETS + CLM_PRESETS))})
     tokenizer_name: str | None = field(
         default=None, metadata={"help": "Tokenizer folder or Hub id. Unset: the student's, else a WordPiece "
                                 "tokenizer trained on the training text and cached."})
@@ -47,3 +49,19 @@ class DataArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Cap on training sequences."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Cap on validation sequences."})
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
+
+
+@dataclass
+class ClmDataArguments(DataArguments):
+    """``DataArguments`` with ``run_clm.py``'s ``--block_size`` (the sequence length; ``mlm_probability`` unused)."""
+
+    block_size: int | None = field(
+        default=None, metadata={"help": "Tokens per training sequence (texts are concatenated and cut into blocks); "
+                                "wins over --max_seq_length. Unset = max_seq_length (128)."})
+
+    def __post_init__(self):
+        if self.block_size is not None:
+            if self.block_size < 2:
+                raise ValueError(f"block_size={self.block_size} is invalid: expected an integer >= 2 (a next-token "
+                                 "loss needs two tokens)")
+            self.max_seq_length = self.block_size

@@ -1,4 +1,5 @@
-"""``DistillationTrainer``: MLM pretraining with KD from one or more teachers, a KD cutoff, and cost accounting.
+"""``DistillationTrainer``: MLM or causal-LM pretraining with KD from one or more teachers, a KD cutoff, and cost
+accounting. The causal-LM loss lives in :mod:`hf_kd.text.clm_loss` (mixed in); the task is read from the model.
 
     from hf_kd import DistillationTrainer, DistillationTrainingArguments
     args = DistillationTrainingArguments(output_dir="out", max_steps=1000, kd_alpha=0.5, kd_stop_ratio=0.5)
@@ -33,7 +34,7 @@ from collections import deque
 from collections.abc import Sequence
 
 import torch
-from transformers import AutoModelForMaskedLM, Trainer
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, Trainer
 
 from ..core.callbacks import CostCallback, PreOptimizerStepHook
 from ..core.checkpointing import latest_complete_checkpoint, save_checkpoint_atomically
@@ -49,6 +50,8 @@ from ..core.teachers import (
     release_teachers,
     tokenizer_source,
 )
+from .clm import check_teachers_fit, resolve_kd_task
+from .clm_loss import CausalLMLossMixin
 from .config import DistillationTrainingArguments
 from .sparse_head import SparseHead
 
@@ -65,7 +68,8 @@ def _teacher_dtype(args: DistillationTrainingArguments) -> torch.dtype:
     return getattr(torch, args.teacher_dtype)
 
 
-def load_teachers(spec: TeacherSpec, args: DistillationTrainingArguments) -> tuple[list[torch.nn.Module], list[str]]:
+def load_teachers(spec: TeacherSpec, args: DistillationTrainingArguments,
+                  auto_class=AutoModelForMaskedLM) -> tuple[list[torch.nn.Module], list[str]]:
     """Models, paths or Hub ids (or a list of them) -> frozen teacher modules and their display names."""
     if spec is None:
         spec = args.teacher_model_name_or_path or []
@@ -73,7 +77,7 @@ def load_teachers(spec: TeacherSpec, args: DistillationTrainingArguments) -> tup
     teachers, names = [], []
     for item in items:
         if isinstance(item, str):
-            model = load_pretrained(item, AutoModelForMaskedLM, dtype=_teacher_dtype(args),
+            model = load_pretrained(item, auto_class, dtype=_teacher_dtype(args),
                                     trust_remote_code=args.teacher_trust_remote_code,
                                     allow_pickle=args.allow_pickle_weights)
             teachers.append(model)
@@ -84,8 +88,9 @@ def load_teachers(spec: TeacherSpec, args: DistillationTrainingArguments) -> tup
     return teachers, names
 
 
-class DistillationTrainer(Trainer):
-    """A ``transformers.Trainer`` whose loss is ``(1 - a) * MLM + a * T^2 * KL`` until the KD stop step.
+class DistillationTrainer(CausalLMLossMixin, Trainer):
+    """A ``transformers.Trainer`` whose loss is ``(1 - a) * CE + a * T^2 * KL`` until the KD stop step, for masked
+    LMs (CE at masked positions) and causal LMs (next-token CE and KD; ``args.kd_task``). Other models are refused.
 
     Args:
         teacher_model: a model, a path/Hub id, a list of those, or ``None`` (no-KD baseline; falls back to
@@ -103,12 +108,15 @@ class DistillationTrainer(Trainer):
                  **kwargs):
         if args is None or not isinstance(args, DistillationTrainingArguments):
             raise TypeError("DistillationTrainer needs args=DistillationTrainingArguments(...)")
-        self.teachers, self.teacher_names = load_teachers(teacher_model, args)
+        self.kd_task = resolve_kd_task(model, args.kd_task)  # refuses a model we have no loss for
+        auto_class = AutoModelForCausalLM if self.kd_task == "clm" else AutoModelForMaskedLM
+        self.teachers, self.teacher_names = load_teachers(teacher_model, args, auto_class)
         check_teacher_vocab(model, self.teachers, self.teacher_names)
         items = teacher_model if teacher_model is not None else args.teacher_model_name_or_path or []
         items = [items] if isinstance(items, torch.nn.Module | str) else list(items)
         check_teacher_tokenizers(kwargs.get("processing_class"), [tokenizer_source(i) for i in items],
                                  self.teacher_names, trust_remote_code=args.teacher_trust_remote_code)
+        check_teachers_fit(self.kd_task, self.teachers, self.teacher_names)
         if args.kd_teacher_selection == "sample" and not self.teachers:
             # 'mean' is the default, so 'sample' was asked for explicitly: without a teacher it would be ignored.
             raise ValueError("kd_teacher_selection='sample' needs at least one teacher (--teacher_model_name_or_path); "
@@ -122,8 +130,11 @@ class DistillationTrainer(Trainer):
         self.callback_handler.callbacks.insert(0, self.cost_callback)  # before reporters, so they see the keys
         self.add_callback(PreOptimizerStepHook(self._guard_optimizer_step))
         self._prepare_teachers()
-        self._student_head = SparseHead.attach(self.model) if args.sparse_mlm_head else None
-        self._teacher_heads = [SparseHead.attach(t) if args.sparse_mlm_head else None for t in self.teachers]
+        sparse = args.sparse_mlm_head and self.kd_task == "mlm"
+        self._student_head = SparseHead.attach(self.model) if sparse else None
+        self._teacher_heads = [SparseHead.attach(t) if sparse else None for t in self.teachers]
+        if self.kd_task == "clm":
+            self._clm_setup()
         self._teachers_released = False
         self._kd_count: torch.Tensor | None = None
         self._terms = TermWindow()
@@ -183,20 +194,37 @@ class DistillationTrainer(Trainer):
             if self.args.average_tokens_across_devices and self.args.world_size > 1:
                 count = self.accelerator.gather(count).sum()
             self._kd_count = count
+        if self.kd_task == "clm":  # next-token counts of our own: the Trainer's depend on the model's loss_type
+            num_items, self._kd_count = self._clm_step_counts(batch_samples, device)
         return batch_samples, num_items
 
     # -- the loss -------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not model.training:
+            if self.kd_task == "clm":
+                return self._clm_eval_loss(model, dict(inputs), return_outputs)
             return self._eval_loss(model, inputs, return_outputs)
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         step = self.state.global_step
-        masked = labels != IGNORE_INDEX
         active = self.kd_active(step)
         if not active and self.teachers and not self._teachers_released:
             release_teachers(self.teachers)
             self._teachers_released = True
+        if self.kd_task == "clm":
+            out, outputs = self._clm_loss(model, {**inputs, "labels": labels}, active, step, num_items_in_batch), {}
+        else:
+            out, s_logits = self._mlm_loss(model, inputs, labels, active, step, num_items_in_batch)
+            outputs = {"logits": s_logits}
+        self._terms.add(step, out.ce, out.kd)
+        loss = self._check_finite(out.loss)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            loss = loss * self.accelerator.num_processes  # ranks' gradients are averaged; the count is global
+        return (loss, outputs) if return_outputs else loss
+
+    def _mlm_loss(self, model, inputs: dict, labels: torch.Tensor, active: bool, step: int, num_items_in_batch):
+        """CE at masked positions + KD at ``kd_positions``; returns (the loss terms, the student's logits)."""
+        masked = labels != IGNORE_INDEX
         kd_mask = masked if self.args.kd_positions == "masked" else _attention(inputs).bool()
         student_rows = masked if not active or self.args.kd_positions == "masked" else None
         s_logits, rows = self._logits(model, self._student_head, inputs, student_rows)
@@ -207,14 +235,11 @@ class DistillationTrainer(Trainer):
         kd_den = ce_den if self._kd_count is None else self._kd_count
         # Sparse student rows are only used when they are exactly the KD rows (masked positions).
         out = distillation_loss(
-            s_logits, labels_rows, t_logits, kd_mask if rows is None else None, alpha=self.args.kd_alpha, temperature=self.args.kd_temperature,
-            divergence=self.args.kd_divergence, ce_denominator=ce_den, kd_denominator=kd_den,
+            s_logits, labels_rows, t_logits, kd_mask if rows is None else None, alpha=self.args.kd_alpha,
+            temperature=self.args.kd_temperature, divergence=self.args.kd_divergence, ce_denominator=ce_den,
+            kd_denominator=kd_den,
         )
-        self._terms.add(step, out.ce, out.kd)
-        loss = self._check_finite(out.loss)
-        if self.args.average_tokens_across_devices and self.args.world_size > 1:
-            loss = loss * self.accelerator.num_processes  # ranks' gradients are averaged; the count is global
-        return (loss, {"logits": s_logits}) if return_outputs else loss
+        return out, s_logits
 
     def _logits(self, model, head: SparseHead | None, inputs: dict, rows: torch.Tensor | None):
         """Logits of ``model`` at ``rows`` ([M, V], sparse head) or everywhere ([B, L, V]); returns (logits, rows)."""
@@ -327,6 +352,8 @@ class DistillationTrainer(Trainer):
             calls = self._recent_teacher_calls
             if self.args.kd_teacher_selection == "sample" and calls and calls[-1][0] == self.state.global_step - 1:
                 logs["kd_teacher"] = calls[-1][1]  # the teacher of the step just done (audits)
+            if self.kd_task == "clm":
+                logs["clm_loss"] = logs.pop("mlm_loss")
         super().log(logs, start_time)
 
 
