@@ -138,6 +138,11 @@ def main(argv: list[str] | None = None) -> None:
     result = report(trainer)
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / f"rank{result['rank']}.json").write_text(json.dumps(result, indent=1))
+    # Tear the process group down before exit: left to interpreter shutdown, a rank under load was seen to
+    # abort ("terminate called without an active exception") after its results were written.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

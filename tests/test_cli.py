@@ -112,14 +112,14 @@ def test_bad_config_file_is_one_line_user_error(tmp_path, content, expected):
 
 def test_help_lists_allowed_values_of_every_choice_field(capsys):
     from hf_kd.text.config import KD_POSITIONS, NONFINITE_POLICIES, TEACHER_DTYPES, DistillationTrainingArguments
-    from hf_kd.text.script_args import MODEL_PRESETS, DataArguments, ModelArguments
+    from hf_kd.text.script_args import ALL_PRESETS, DataArguments, ModelArguments
 
     with pytest.raises(SystemExit):
         parse_args((ModelArguments, DataArguments, DistillationTrainingArguments), ["--help"])
     out = capsys.readouterr().out
     for name, allowed in [("kd_positions", KD_POSITIONS), ("teacher_dtype", TEACHER_DTYPES),
                           ("on_nonfinite_loss", NONFINITE_POLICIES), ("kd_teacher_selection", ("mean", "sample")),
-                          ("kd_divergence", ("forward_kl", "reverse_kl")), ("model_preset", MODEL_PRESETS)]:
+                          ("kd_divergence", ("forward_kl", "reverse_kl")), ("model_preset", ALL_PRESETS)]:
         assert f"--{name} {{{','.join(allowed)}}}" in out, name
     assert "--config FILE" in out
 

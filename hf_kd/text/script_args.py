@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 MODEL_PRESETS = ("tiny", "mini", "small", "medium", "base")
 CLM_PRESETS = MODEL_PRESETS + tuple(f"llama-{p}" for p in MODEL_PRESETS)
+ALL_PRESETS = tuple(dict.fromkeys(MODEL_PRESETS + CLM_PRESETS))  # what --model_preset accepts (the task narrows it)
 
 
 @dataclass
@@ -21,7 +22,7 @@ class ModelArguments:
         default=None, metadata={"help": f"From-scratch size, one of {MODEL_PRESETS} (tiny 2L/128, mini 4L/256, "
                                 "small 4L/512, medium 8L/512, base 12L/768): BERT for MLM, GPT-2 for causal LMs, "
                                 "which also take llama-tiny ... llama-base. Default tiny when nothing else is set.",
-                                "choices": tuple(dict.fromkeys(MODEL_PRESETS + CLM_PRESETS))})
+                                "choices": ALL_PRESETS})
     tokenizer_name: str | None = field(
         default=None, metadata={"help": "Tokenizer folder or Hub id. Unset: the student's, else a WordPiece "
                                 "tokenizer trained on the training text and cached."})
