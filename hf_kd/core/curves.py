@@ -112,6 +112,27 @@ def frontier_speedup(frontier: Sequence[Curve], run: Curve) -> float | None:
     return c / run.final_cost
 
 
+def frontier_speedup_bounded(frontier: Sequence[Curve], run: Curve) -> tuple[float | None, str]:
+    """:func:`frontier_speedup` that also says what a value off the frontier's ends means.
+
+    Returns ``(value, kind)``: ``"="`` inside the frontier; ``">="`` when the run ends beyond the best frontier
+    point (the value, best point's cost / run cost, is a lower bound); ``"<="`` when it ends below the worst
+    point (the cheapest point's cost / run cost is an upper bound); ``(None, "")`` without a frontier.
+    """
+    if not frontier or run.final_cost <= 0:
+        return None, ""
+    hib = frontier[0].higher_is_better
+    pts = [(b.final_cost, b.final_quality) for b in frontier]
+    best = max(pts, key=lambda p: p[1] if hib else -p[1])
+    if not _at_least(best[1], run.final_quality, hib):
+        return best[0] / run.final_cost, ">="
+    cheapest = min(pts)
+    value = frontier_speedup(frontier, run)
+    if value is not None and _at_least(cheapest[1], run.final_quality, hib) and run.final_quality != cheapest[1]:
+        return value, "<="
+    return value, "="
+
+
 def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None, int]:
     """Mean and sample std of the values that are not ``None`` (and their count)."""
     vals = [v for v in values if v is not None and math.isfinite(v)]
@@ -178,8 +199,12 @@ def curve_from_jsonl(path: str | Path, name: str | None = None, quality_key: str
 
 
 def plot_curves(curves: Sequence[Curve], path: str | Path, xlabel: str = "GPU-hours", ylabel: str = "quality",
-                title: str = "", baseline: str | None = None, target: float | None = None) -> Path:
-    """PNG of quality vs cost, one line per curve; the baseline drawn thick and black, the target dashed."""
+                title: str = "", baseline: str | None = None, target: float | None = None,
+                hlines: dict[str, float] | None = None) -> Path:
+    """PNG of quality vs cost, one line per curve; the baseline drawn thick and black, the target dashed.
+
+    ``hlines`` (label -> level) adds dotted horizontal reference lines, e.g. the unigram level and the teachers.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -192,6 +217,8 @@ def plot_curves(curves: Sequence[Curve], path: str | Path, xlabel: str = "GPU-ho
                 color="black" if is_base else None, linewidth=2.5 if is_base else 1.5)
     if target is not None:
         ax.axhline(target, linestyle="--", color="grey", linewidth=1, label="baseline final")
+    for i, (label, level) in enumerate((hlines or {}).items()):
+        ax.axhline(level, linestyle=":", linewidth=1.2, color=f"C{(i + 3) % 10}", label=label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
