@@ -44,7 +44,7 @@ def reproduce(argv: list[str] | None = None) -> dict | None:
     elif a.preset == "bert-base-c4":
         from .scale import bert_base_c4
 
-        results = bert_base_c4(a.output_dir, launch=a.launch)
+        results = bert_base_c4(a.output_dir, launch_it=a.launch)
     elif a.task == "vision":
         from .vision import run_vision
 

@@ -101,13 +101,17 @@ def format_spread(s: dict | Spread, speed: bool = True, digits: int = 2) -> str:
     if d["mean"] is None:
         return "not reached"
     fmt = (lambda v: f"{v:.{digits}f}x") if speed else (lambda v: f"{v:.{digits + 2}g}")
-    text = fmt(d["mean"])
+    bounds = set(d.get("bounds") or ["="])
+    # Off the frontier's ends every seed's value is a bound, and so is their mean.
+    text = ("≥" if bounds == {">="} else "≤" if bounds == {"<="} else "") + fmt(d["mean"])
     if d["n"] > 1:
         text += f" ± {d['std']:.{digits}f}"
     if d.get("ci90"):
         text += f" [{d['ci90'][0]:.{digits}f}, {d['ci90'][1]:.{digits}f}]"
     if d.get("missing"):
         text += f" ({d['missing']} not reached)"
+    if len(bounds - {"="}) and len(bounds) > 1:
+        text += f" ({sum(b != '=' for b in d['bounds'])} of {d['n']} seeds a bound)"
     return text
 
 
