@@ -84,7 +84,9 @@ def test_interrupted_and_rerun_trains_only_what_was_left(tiny, tmp_path, monkeyp
 
 
 def test_unknown_variant_is_an_error_listing_the_valid_ones(capsys):
-    assert cli_main(["reproduce", "--only", "kd_ful", "--output_dir", "/tmp/never-written"]) == 2
+    # tiny flags: were the check ever lost, this would train a little instead of the whole demo
+    argv = ["--steps", "2", "--seeds", "1", "--workers", "1", "--output_dir", "/tmp/never-written"]
+    assert cli_main(["reproduce", "--only", "kd_ful", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--only kd_ful" in err and "kd_full" in err and "ensemble_sample" in err
     assert not Path("/tmp/never-written").exists()
