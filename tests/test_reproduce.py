@@ -102,7 +102,7 @@ def test_vision_protocol_miniature(tmp_path, monkeypatch, fresh_accelerate_state
                      poor_teacher_steps=1, frontier=(0.5,))
     res = run_vision(str(tmp_path / "out"), preset=p, only=["kd_full", "ensemble_sample", "ensemble_mean"])
     fwd = {r["variant"]: r["teacher_forwards"] for r in res["runs"]}
-    assert fwd == {"baseline": 0, "kd_full": 4, "ensemble_sample": 4, "ensemble_mean": 12}
+    assert fwd == {"baseline": 0, "baseline_0.5x": 0, "kd_full": 4, "ensemble_sample": 4, "ensemble_mean": 12}
     assert res["metric"]["key"] == "top1" and res["metric"]["higher_is_better"] is True
     assert (tmp_path / "out" / "quality_vs_step.png").is_file()
     assert "final top-1 accuracy" in (tmp_path / "out" / "results.md").read_text()

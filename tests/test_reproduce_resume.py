@@ -58,7 +58,7 @@ def test_interrupted_and_rerun_trains_only_what_was_left(tiny, tmp_path, monkeyp
     calls = _count_trainings(monkeypatch)
     with pytest.raises(KeyboardInterrupt):  # Ctrl-C during kd_full, after its checkpoint at step 4
         text.run_tiny(out, corpus, seeds=1, preset=p, only=["kd_full"], calibrate=False)
-    assert calls[0].startswith("good-") and calls[1:] == ["baseline-seed0", "kd_full-seed0"]
+    assert calls[0].startswith("good-") and calls[1:] == ["baseline-seed0", "baseline_0.5x-seed0", "kd_full-seed0"]
     run_dir = Path(out) / "runs" / "kd_full-seed0"
     assert (run_dir / "checkpoint-4").is_dir() and not (run_dir / "run_result.json").exists()
 
@@ -70,7 +70,7 @@ def test_interrupted_and_rerun_trains_only_what_was_left(tiny, tmp_path, monkeyp
                         or real_train(self, resume_from_checkpoint=resume_from_checkpoint, **k))
     calls.clear()
     res = text.run_tiny(out, corpus, seeds=1, preset=p, only=["kd_full"], calibrate=False)
-    assert calls == ["kd_full-seed0"]  # the teacher and the baseline were not trained again
+    assert calls == ["kd_full-seed0"]  # the teacher and the baselines were not trained again
     assert len(resumed) == 1 and resumed[0].endswith("checkpoint-4")
     kd = next(r for r in res["runs"] if r["variant"] == "kd_full")
     assert kd["teacher_forwards"] == 8  # 4 before the interruption + 4 after the resume

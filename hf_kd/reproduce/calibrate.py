@@ -51,7 +51,10 @@ def calibrated_cost(run: dict, step: float, calibration: dict | None) -> float:
 
 
 def _batches(corpus, collator, batch_size: int, n: int) -> list[dict]:
-    rows = [corpus.train[i % len(corpus.train)] for i in range(batch_size * n)]
+    import itertools
+
+    rows = list(itertools.islice(iter(corpus.train), batch_size * n))  # works for a stream too
+    rows = [rows[i % len(rows)] for i in range(batch_size * n)]
     keep = ("input_ids", "attention_mask", "token_type_ids", "special_tokens_mask")
     return [collator([{k: r[k] for k in keep if k in r} for r in rows[i * batch_size:(i + 1) * batch_size]])
             for i in range(n)]
@@ -72,15 +75,18 @@ def _stepper(p, corpus, student, teachers, kind: str, folder: str):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step(batch: dict) -> None:
+        batch = {k: v.to(trainer.args.device) for k, v in batch.items()}
         n = (batch["labels"] != -100).sum()
-        trainer.compute_loss(model, batch, num_items_in_batch=n).backward()
+        with trainer.autocast_smart_context_manager():  # bf16 where training uses it
+            loss = trainer.compute_loss(model, batch, num_items_in_batch=n)
+        loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
     return step
 
 
-def measure_step_costs(p, corpus, kinds: list[str], rounds: int = 7, steps_per_round: int = 4) -> dict:
+def measure_step_costs(p, corpus, kinds: list[str], rounds: int = 5, steps_per_round: int = 3) -> dict:
     """Seconds per optimizer step of each kind (median over ``rounds``, one warm-up round discarded)."""
     import transformers
 
@@ -101,14 +107,31 @@ def measure_step_costs(p, corpus, kinds: list[str], rounds: int = 7, steps_per_r
         for r in range(rounds + 1):
             order = kinds[r % len(kinds):] + kinds[:r % len(kinds)]  # rotate, so no kind always goes first
             for k in order:
+                _sync()
                 t0 = time.perf_counter()
                 for i in range(steps_per_round):
                     steppers[k](batches[i % len(batches)])
+                _sync()
                 if r:  # round 0 warms up allocators and caches
                     times[k].append((time.perf_counter() - t0) / steps_per_round)
     sec = {k: statistics.median(v) for k, v in times.items()}
     return {"seconds_per_step": sec, "relative": {k: v / sec["base"] for k, v in sec.items()}, "rounds": rounds,
             "steps_per_round": steps_per_round, "threads": torch.get_num_threads(), "kinds": kinds}
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def estimate_seconds(runs: list[dict], teacher_steps: int, calibration: dict, workers: int = 1) -> float:
+    """Training time the plan needs on this machine: calibrated steps x measured seconds per baseline step.
+
+    Evaluations, checkpoints and process start-up are not included (a few % of the tiny preset's runs).
+    """
+    base = calibration["seconds_per_step"]["base"]
+    total = sum(calibrated_cost(r, r["steps"], calibration) for r in runs) + teacher_steps
+    return total * base / max(1, workers)
 
 
 def load_or_measure(path: Path, key: dict, measure) -> dict:

@@ -121,6 +121,22 @@ def teacher_forwards(trainer) -> int:
     return before + len(trainer.teacher_calls)
 
 
+def log_plan(jobs: list[Job], calibration: dict, workers: int, teacher_steps: int) -> float:
+    """Log what will be trained (finished runs excluded) and the time it should take here; returns seconds."""
+    from .calibrate import estimate_seconds
+
+    runs = [{"teachers": j.variant.teachers, "selection": j.variant.selection, "kd_stop_ratio": j.variant.kd_stop_ratio,
+             "steps": j.steps} for j in jobs if j.variant is not None and not (Path(j.run_dir) / RESULT).is_file()]
+    names = sorted({j.name for j in jobs if j.variant is not None})
+    seeds = sorted({j.seed for j in jobs if j.variant is not None})
+    sec = estimate_seconds(runs, teacher_steps, calibration, workers)
+    logger.info("plan: %d variants (%s) x seeds %s; to train now: %d runs + %d teacher steps, %d worker(s); "
+                "estimated %.0f min of training here (%.3f s per baseline step measured just now; evaluations "
+                "not included)", len(names), ", ".join(names), seeds, len(runs), teacher_steps, workers, sec / 60,
+                calibration["seconds_per_step"]["base"])
+    return sec
+
+
 def _init_worker(threads: int) -> None:
     import torch
     import transformers

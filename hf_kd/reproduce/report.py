@@ -180,7 +180,8 @@ def _regime_lines(results: dict, table: dict, metric: dict) -> str:
     for n, m in results["teachers"].items():
         q = m.get("final_quality", m.get("final_eval_loss", float("nan")))
         below = f", {h - q:.3f} below unigram" if h is not None else ""
-        lines.append(f"- teacher `{n}`: {m['steps']} steps, final {metric['label']} {q:.4f}{below}, "
+        made = f"recycled {m['source']}" if m.get("source") else f"{m['steps']} steps"
+        lines.append(f"- teacher `{n}`: {made}, final {metric['label']} {q:.4f}{below}, "
                      f"{m['gpu_hours']:.5f} GPU-hours (sunk: recycled checkpoints)")
     return "\n".join(lines)
 

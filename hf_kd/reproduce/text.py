@@ -58,6 +58,14 @@ class TinyPreset:
     # frontier is interpolated, never extrapolated; a run beyond its best point reads "not reached")
     frontier: tuple[float, ...] = (0.5, 0.75, 1.5, 2.0)
     mlm_probability: float = 0.15
+    # Corpus and teachers other than the built-in ones (the gpu-small preset: C4 streaming, a Hub teacher).
+    dataset_name: str | None = None  # a Hub dataset instead of the built-in corpus / --corpus file
+    dataset_config_name: str | None = None
+    streaming: bool = False
+    tokenizer_name: str | None = None  # a pretrained tokenizer instead of a WordPiece one trained on the corpus
+    max_eval_samples: int | None = None  # validation sequences kept (a stream's first ones)
+    recycled_teacher: str | None = None  # a pretrained MLM (path or Hub id) used as teacher "good", not trained
+    bf16: bool = False  # on a GPU only
 
 
 TEACHER_KEY_FIELDS = ("model_preset", "vocab_size", "max_seq_length", "batch_size", "learning_rate", "warmup_ratio",
@@ -89,14 +97,15 @@ def variants(p, full: bool = True) -> list[Variant]:
 
 
 def select_variants(p, only: list[str] | None, full: bool) -> list[Variant]:
-    """The variants to run: ``only`` (plus the baseline) from the whole grid, else the default or full set."""
+    """The variants to run: ``only`` (plus the baselines) from the whole grid, else the default or full set."""
     everything = variants(p, full=True)
     if only:
         names = [v.name for v in everything]
         bad = [n for n in only if n not in names]
         if bad:
             raise UserError(f"--only {' '.join(bad)}: unknown variant(s); expected some of {', '.join(names)}")
-        return [v for v in everything if v.name in only or v.name == "baseline"]
+        # the baselines (1x and the frontier) always run: every speed-up is measured against them
+        return [v for v in everything if v.name in only or v.name == "baseline" or v.role == "frontier"]
     return variants(p, full=full)
 
 
@@ -111,22 +120,38 @@ class Corpus:
 
 
 def load_corpus(p: TinyPreset, corpus_path: str | None) -> Corpus:
-    """Tokenizer + chunked train and fixed-mask validation sets for the built-in corpus or ``corpus_path``."""
+    """Tokenizer + chunked train and fixed-mask validation sets: built-in corpus, ``corpus_path`` or a Hub dataset."""
+    import datasets
+
     from ..text.data import load_raw_splits, text_sample
     from ..text.script_args import DataArguments
 
-    data_args = DataArguments(train_file=corpus_path) if corpus_path else DataArguments()
+    if p.dataset_name and not corpus_path:
+        data_args = DataArguments(dataset_name=p.dataset_name, dataset_config_name=p.dataset_config_name,
+                                  streaming=p.streaming)
+    else:
+        data_args = DataArguments(train_file=corpus_path) if corpus_path else DataArguments()
     train_raw, val_raw = load_raw_splits(data_args)
-    texts = text_sample(train_raw, "text")
-    tokenizer = train_wordpiece_tokenizer(texts, p.vocab_size)
+    texts = text_sample(train_raw, "text", limit=2_000 if p.tokenizer_name else 200_000)
+    if p.tokenizer_name:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(p.tokenizer_name)
+    else:
+        tokenizer = train_wordpiece_tokenizer(texts, p.vocab_size)
     tokenizer.model_max_length = 10**6  # chunks are cut to max_seq_length below; silence the length warning
     train = tokenize_and_chunk(train_raw, tokenizer, "text", p.max_seq_length)
-    val = premask(tokenize_and_chunk(val_raw, tokenizer, "text", p.max_seq_length, what="validation data"),
-                  tokenizer, p.mlm_probability)
-    fp = hashlib.sha256(("\0".join(texts[:50]) + str(len(train)) + str(len(val))).encode()).hexdigest()[:12]
-    stats = {"train_sequences": len(train), "val_sequences": len(val),
-             "train_tokens": len(train) * p.max_seq_length, "epochs_per_student": p.steps * p.batch_size / len(train)}
-    return Corpus(tokenizer, train, val, fp, corpus_path or "built-in stdlib prose", stats)
+    val = tokenize_and_chunk(val_raw, tokenizer, "text", p.max_seq_length, what="validation data")
+    if p.max_eval_samples or isinstance(val, datasets.IterableDataset):
+        n = p.max_eval_samples or 1024
+        val = datasets.Dataset.from_list(list(val.take(n)) if isinstance(val, datasets.IterableDataset)
+                                         else [val[i] for i in range(min(n, len(val)))])
+    val = premask(val, tokenizer, p.mlm_probability)
+    n_train = None if isinstance(train, datasets.IterableDataset) else len(train)
+    fp = hashlib.sha256(("\0".join(texts[:50]) + str(n_train) + str(len(val))).encode()).hexdigest()[:12]
+    stats = {"train_sequences": n_train, "val_sequences": len(val)}
+    if n_train:
+        stats.update(train_tokens=n_train * p.max_seq_length, epochs_per_student=p.steps * p.batch_size / n_train)
+    name = corpus_path or (f"{p.dataset_name} (streaming)" if p.dataset_name else "built-in stdlib prose")
+    return Corpus(tokenizer, train, val, fp, name, stats)
 
 
 def training_args(p: TinyPreset, out: Path, steps: int, seed: int, v: Variant | None = None,
@@ -200,14 +225,17 @@ def teacher_steps(p: TinyPreset) -> dict[str, tuple[int, int]]:
             "poor": (p.poor_teacher_steps, 103)}
 
 
+def cache_folder(kind: str, name: str, key_parts: list) -> Path:
+    return cache_root() / kind / f"{name}-{hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:16]}"
+
+
 def cached_teacher(kind: str, name: str, key_parts: list, train) -> tuple[Path, dict]:
     """``train(folder) -> meta`` once per key (the paper's "recycle"); later calls reuse the cached folder.
 
     The folder is built under a ``.partial`` name and renamed when complete, so a killed run never leaves a
     half-trained teacher in the cache.
     """
-    key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:16]
-    folder = cache_root() / kind / f"{name}-{key}"
+    folder = cache_folder(kind, name, key_parts)
     if (folder / "teacher.json").is_file():
         logger.info("reusing cached teacher %s from %s", name, folder)
         return folder, json.loads((folder / "teacher.json").read_text())
@@ -220,11 +248,11 @@ def cached_teacher(kind: str, name: str, key_parts: list, train) -> tuple[Path, 
     return folder, meta
 
 
-def ensure_teacher(name: str, p: TinyPreset, corpus: Corpus) -> tuple[Path, dict]:
-    """Train a text teacher once, cached by (what shapes it, corpus)."""
+def ensure_teacher(name: str, p: TinyPreset, corpus: Corpus) -> tuple[Path | str, dict]:
+    """Train a text teacher once, cached by (what shapes it, corpus); or evaluate the preset's recycled one."""
+    if p.recycled_teacher and name == "good":
+        return p.recycled_teacher, recycled_teacher_meta(p, corpus)
     steps, seed = teacher_steps(p)[name]
-    # Only what shapes the teacher goes into the key, so tuning the students' KD knobs reuses it.
-    shape = {k: getattr(p, k) for k in TEACHER_KEY_FIELDS}
 
     def train(folder: Path) -> dict:
         trainer = train_one(replace(p, eval_every=max(p.eval_every, steps // 6)), corpus, folder, steps, seed)
@@ -232,7 +260,33 @@ def ensure_teacher(name: str, p: TinyPreset, corpus: Corpus) -> tuple[Path, dict
         return {"steps": steps, "seed": seed, "gpu_hours": trainer.cost_callback.meter.gpu_hours,
                 "final_quality": [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e][-1]}
 
-    return cached_teacher("teachers", name, [shape, steps, seed, corpus.fingerprint], train)
+    return cached_teacher("teachers", name, teacher_key(name, p, corpus), train)
+
+
+def teacher_key(name: str, p: TinyPreset, corpus: Corpus) -> list:
+    # Only what shapes the teacher goes into the key, so tuning the students' KD knobs reuses it.
+    steps, seed = teacher_steps(p)[name]
+    return [{k: getattr(p, k) for k in TEACHER_KEY_FIELDS}, steps, seed, corpus.fingerprint]
+
+
+def teacher_steps_to_train(name: str, p: TinyPreset, corpus: Corpus) -> int:
+    """Steps this teacher still needs: 0 when recycled or already cached."""
+    if p.recycled_teacher and name == "good":
+        return 0
+    done = (cache_folder("teachers", name, teacher_key(name, p, corpus)) / "teacher.json").is_file()
+    return 0 if done else teacher_steps(p)[name][0]
+
+
+def recycled_teacher_meta(p: TinyPreset, corpus: Corpus) -> dict:
+    """A pretrained teacher's quality on this validation set (its training cost is sunk: not ours)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = trainer_for(p, corpus, load_teacher(p.recycled_teacher), (),
+                              training_args(p, Path(tmp), 1, 0, report_progress=False))
+        metrics = trainer.evaluate()
+    return {"steps": "recycled", "seed": None, "gpu_hours": 0.0, "source": p.recycled_teacher,
+            "final_quality": metrics["eval_loss"], "final_accuracy": metrics.get("eval_accuracy")}
 
 
 def load_teacher(path: str):
@@ -279,7 +333,7 @@ def run_tiny(output_dir: str, corpus_path: str | None = None, seeds: int = 1, pr
              calibrate: bool = True) -> dict:
     """Run the protocol (resumable: finished runs are reused); returns the results dict (also in ``output_dir``)."""
     from .calibrate import kinds_for, load_or_measure, measure_step_costs
-    from .jobs import Context, execute
+    from .jobs import Context, execute, log_plan
     from .report import write_report
 
     p = preset or TinyPreset()
@@ -296,6 +350,9 @@ def run_tiny(output_dir: str, corpus_path: str | None = None, seeds: int = 1, pr
         torch.set_num_threads(threads)
         calibration = load_or_measure(out / "calibration.json", {**ctx.key, "kinds": kinds, "threads": threads},
                                       lambda: measure_step_costs(p, corpus, kinds))
+    if calibration:
+        log_plan(jobs, calibration, workers, sum(teacher_steps_to_train(j.name, p, corpus) for j in jobs
+                                                 if j.variant is None))
     if workers > 1:
         save_corpus(corpus, out / "corpus")
         ctx = Context(p, None, str(out / "corpus"), ctx.save_every, ctx.key)
