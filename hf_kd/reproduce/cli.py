@@ -37,6 +37,8 @@ class ReproduceArguments:
     launch: bool = field(default=False, metadata={"help": "bert-base-c4: run the printed commands (resumable)."})
     rerender: bool = field(default=False, metadata={"help": "Only rebuild results.md/.json and the plots of a "
                                                             "finished --output_dir from its runs' logs."})
+    check: bool = field(default=False, metadata={"help": "With --rerender: write nothing, exit 2 if results.md "
+                                                         "does not follow from the run logs in results.json."})
 
 
 def _validate(a: ReproduceArguments) -> None:
@@ -67,7 +69,7 @@ def reproduce(argv: list[str] | None = None) -> dict | None:
     if a.rerender:
         from .report import rerender
 
-        results = rerender(a.output_dir)
+        results = rerender(a.output_dir, check=a.check)
     elif a.preset == "bert-base-c4":
         from .scale import bert_base_c4
 

@@ -16,6 +16,7 @@ import logging
 from pathlib import Path
 
 from ..core.curves import Curve, curve_from_log_history, frontier_speedup_bounded, paper_speedup, plot_curves
+from ..core.errors import UserError
 from .calibrate import calibrated_cost
 from .findings import findings, verdict_axis
 from .verdicts import RULE, format_per_seed, format_spread, spread_of, verdict
@@ -154,20 +155,35 @@ def plots(results: dict, out: Path, metric: dict = TEXT) -> list[str]:
     return paths
 
 
-def rerender(output_dir: str | Path) -> dict:
-    """Rebuild the report of a finished ``hf-kd reproduce`` folder from its runs' own logs."""
+def rerender(output_dir: str | Path, check: bool = False) -> dict:
+    """Rebuild the report of a finished ``hf-kd reproduce`` folder from the run logs kept in its results.json.
+
+    ``check``: write nothing, and raise if results.md is not what those logs give (a stale or edited report).
+    Older results.json files without logs are read from each run's own folder.
+    """
     out = Path(output_dir)
     results = json.loads((out / "results.json").read_text())
     task = "vision" if results.get("metric", {}).get("key") == "top1" else "text"
     for r in results["runs"]:
+        if "log_history" in r:
+            continue
         run_dir = Path(r["run_dir"])
-        if not run_dir.is_absolute() and not run_dir.exists():
+        if not run_dir.exists():
             run_dir = out / "runs" / run_dir.name
         if task == "text":
             r["log_history"] = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
         else:
             r["log_history"] = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x]
-    return write_report(results, out, task)
+    if not check:
+        return write_report(results, out, task)
+    fresh = write_report(results, out, task, write=False)["markdown"].splitlines()
+    old = (out / "results.md").read_text().splitlines()
+    diff = [(i, a, b) for i, (a, b) in enumerate(zip(old, fresh), start=1) if a != b]
+    if diff or len(old) != len(fresh):
+        i, a, b = diff[0] if diff else (min(len(old), len(fresh)) + 1, "", "")
+        raise UserError(f"{out / 'results.md'} does not follow from its run logs: line {i} reads {a[:80]!r}, the logs "
+                        f"give {b[:80]!r}; regenerate it with hf-kd reproduce --rerender --output_dir {out}")
+    return {"markdown": f"{out / 'results.md'}: every number follows from its run logs", "plots": []}
 
 
 def _regime_lines(results: dict, table: dict, metric: dict) -> str:
@@ -186,15 +202,15 @@ def _regime_lines(results: dict, table: dict, metric: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(results: dict, out: Path, task: str = "text") -> dict:
-    """Add speed-ups and findings to ``results``; write results.json, results.md and the PNGs."""
+def write_report(results: dict, out: Path, task: str = "text", write: bool = True) -> dict:
+    """Add speed-ups and findings to ``results``; write results.json (with every run's log), results.md, PNGs."""
     metric = METRICS[task]
     results["metric"] = dict(metric)
     calibration = results.get("calibration")
     table = speedups(results["runs"], metric, calibration)
     results["summary"] = table
     results["findings"] = findings(table, metric, calibration)
-    results["plots"] = plots(results, out, metric)
+    results["plots"] = plots(results, out, metric) if write else []
     axis = verdict_axis(calibration)
     verdicts = "\n".join(f"- {f['verdict']}: {f['finding']} — {f['evidence']}" for f in results["findings"])
     cal = ""
@@ -213,8 +229,10 @@ def write_report(results: dict, out: Path, task: str = "text") -> dict:
           f"{cal}Verdicts use the budget-frontier speed-up on the **{AXES[axis]}** axis; {RULE}.\n\n"
           f"Per-seed frontier speed-ups ({AXES[axis]}):\n{per_seed_lines(table, calibration)}\n\n"
           f"## Findings\n{verdicts}\n")
-    (out / "results.md").write_text(md)
-    slim = dict(results, runs=[{k: v for k, v in r.items() if k != "log_history"} for r in results["runs"]])
-    (out / "results.json").write_text(json.dumps(slim, indent=2, default=str))
     results["markdown"] = md
+    if write:
+        (out / "results.md").write_text(md)
+        # The runs' logs stay in results.json, so a report can be checked against them without the run folders.
+        saved = {k: v for k, v in results.items() if k != "markdown"}
+        (out / "results.json").write_text(json.dumps(saved, indent=1, default=str))
     return results
