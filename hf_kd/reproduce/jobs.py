@@ -83,7 +83,8 @@ def run_job(ctx: Context, job: Job, teachers: dict) -> dict:
 
     corpus = _corpus(ctx)
     if job.variant is None:
-        path, meta = text.ensure_teacher(job.name, ctx.preset, corpus)
+        # a progress bar per training only in-process: parallel workers' bars would interleave
+        path, meta = text.ensure_teacher(job.name, ctx.preset, corpus, progress=ctx.corpus is not None)
         return {"path": str(path), "meta": meta}
     v, run_dir = job.variant, Path(job.run_dir)
     key = run_key(ctx, job, teachers)

@@ -248,14 +248,15 @@ def cached_teacher(kind: str, name: str, key_parts: list, train) -> tuple[Path, 
     return folder, meta
 
 
-def ensure_teacher(name: str, p: TinyPreset, corpus: Corpus) -> tuple[Path | str, dict]:
+def ensure_teacher(name: str, p: TinyPreset, corpus: Corpus, progress: bool = True) -> tuple[Path | str, dict]:
     """Train a text teacher once, cached by (what shapes it, corpus); or evaluate the preset's recycled one."""
     if p.recycled_teacher and name == "good":
         return p.recycled_teacher, recycled_teacher_meta(p, corpus)
     steps, seed = teacher_steps(p)[name]
 
     def train(folder: Path) -> dict:
-        trainer = train_one(replace(p, eval_every=max(p.eval_every, steps // 6)), corpus, folder, steps, seed)
+        trainer = train_one(replace(p, eval_every=max(p.eval_every, steps // 6)), corpus, folder, steps, seed,
+                            progress=progress)
         trainer.save_model()
         return {"steps": steps, "seed": seed, "gpu_hours": trainer.cost_callback.meter.gpu_hours,
                 "final_quality": [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e][-1]}
