@@ -16,7 +16,7 @@ def test_gpu_small_preset_is_the_documented_protocol():
     p = GPU_SMALL
     assert (p.model_preset, p.dataset_name, p.streaming, p.bf16) == ("small", "allenai/c4", True, True)
     assert p.recycled_teacher == "google/bert_uncased_L-8_H-512_A-8" and p.tokenizer_name == "bert-base-uncased"
-    assert p.frontier == (0.5, 1.5, 2.0) and p.max_eval_samples
+    assert p.frontier == (0.75, 1.5, 2.0) and p.max_eval_samples and p.steps == 3000
 
 
 @pytest.mark.parametrize("pair, needle", [("nope=1", "KEY one of"), ("steps=many", "expected a value of type int"),
@@ -46,7 +46,7 @@ def test_gpu_small_rehearsal_on_cpu(tmp_path, monkeypatch, caplog, capsys):
     assert any("plan:" in r.getMessage() and "estimated" in r.getMessage() for r in caplog.records)
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert sorted({r["seed"] for r in saved["runs"]}) == [0, 1]  # gpu-small: 2 seeds by default
-    assert {r["variant"] for r in saved["runs"]} == {"baseline", "kd_full", "baseline_0.5x", "baseline_1.5x",
+    assert {r["variant"] for r in saved["runs"]} == {"baseline", "kd_full", "baseline_0.75x", "baseline_1.5x",
                                                      "baseline_2x"}
     assert saved["teachers"]["good"]["steps"] == "recycled" and saved["teachers"]["good"]["final_quality"] > 0
     assert saved["calibration"]["relative"]["kd1"] > 0

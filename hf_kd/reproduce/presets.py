@@ -3,7 +3,7 @@
 * ``tiny``: CPU, offline, the built-in corpus; teachers trained once and cached (``TinyPreset`` defaults).
 * ``gpu-small``: one GPU (H100/A100, bf16), BERT-small students (4 layers, 512 hidden) on C4 streamed from the
   Hub, the recycled BERT-medium of Turc et al. 2019 (``google/bert_uncased_L-8_H-512_A-8``, same WordPiece
-  vocabulary) as teacher, a 0.5x/1.5x/2x budget frontier, 2 seeds. Sized for about an hour on one H100 (the run
+  vocabulary) as teacher, a 0.75x/1.5x/2x budget frontier, 2 seeds. Sized for about an hour on one H100 (the run
   measures its own step costs on the GPU and prints its plan and time estimate before training).
 """
 
@@ -15,8 +15,8 @@ from ..core.errors import UserError
 from .text import TinyPreset
 
 GPU_SMALL = TinyPreset(
-    model_preset="small", vocab_size=30522, max_seq_length=128, batch_size=128, steps=4000, learning_rate=1e-3,
-    warmup_ratio=0.06, eval_every=400, kd_alpha=0.5, kd_temperature=1.0, frontier=(0.5, 1.5, 2.0),
+    model_preset="small", vocab_size=30522, max_seq_length=128, batch_size=128, steps=3000, learning_rate=1e-3,
+    warmup_ratio=0.06, eval_every=300, kd_alpha=0.5, kd_temperature=1.0, frontier=(0.75, 1.5, 2.0),
     dataset_name="allenai/c4", dataset_config_name="en", streaming=True, tokenizer_name="bert-base-uncased",
     max_eval_samples=2048, recycled_teacher="google/bert_uncased_L-8_H-512_A-8", bf16=True)
 PRESETS = {"tiny": TinyPreset(), "gpu-small": GPU_SMALL}
