@@ -144,6 +144,13 @@ def _init_worker(threads: int) -> None:
 
     torch.set_num_threads(threads)
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # checkpoint writes would draw bars over the parent's
+    try:
+        import huggingface_hub
+
+        huggingface_hub.utils.disable_progress_bars()
+    except (ImportError, AttributeError):  # older hub versions: only cosmetic
+        pass
     logging.getLogger("hf_kd").setLevel(logging.WARNING)
 
 
