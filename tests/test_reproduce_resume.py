@@ -79,6 +79,17 @@ def test_interrupted_and_rerun_trains_only_what_was_left(tiny, tmp_path, monkeyp
     calls.clear()
     text.run_tiny(out, corpus, seeds=1, preset=p, only=["kd_full"], calibrate=False)
     assert calls == []  # everything finished: nothing is retrained
+
+    # A checkpoint left by a run with other settings is not resumed from (it would mix two schedules).
+    resumed.clear()
+    (run_dir / "run_result.json").unlink()
+    (run_dir / "checkpoint-4").mkdir()
+    (run_dir / "run_key.json").write_text("{}")
+    monkeypatch.setattr(text, "latest_complete_checkpoint",  # as if that checkpoint were complete
+                        lambda d: str(Path(d) / "checkpoint-4") if (Path(d) / "checkpoint-4").is_dir() else None)
+    text.run_tiny(out, corpus, seeds=1, preset=p, only=["kd_full"], calibrate=False)
+    assert calls == ["kd_full-seed0"] and resumed == [None]
+    calls.clear()
     text.run_tiny(out, corpus, seeds=1, preset=replace(p, steps=10), only=["kd_full"], calibrate=False)
     assert "baseline-seed0" in calls  # other settings: a finished run is not reused for them
 

@@ -91,10 +91,12 @@ def run_job(ctx: Context, job: Job, teachers: dict) -> dict:
     done = finished(run_dir, key)
     if done is not None:
         return done
-    if run_dir.is_dir() and not text.latest_complete_checkpoint(run_dir):
-        shutil.rmtree(run_dir)  # nothing to resume from: start clean
-    elif (run_dir / RESULT).is_file():
-        shutil.rmtree(run_dir)  # finished with other settings
+    started = run_dir / "run_key.json"  # what the checkpoints in run_dir were trained for
+    resumable = started.is_file() and json.loads(started.read_text()) == key
+    if run_dir.is_dir() and not (resumable and text.latest_complete_checkpoint(run_dir)):
+        shutil.rmtree(run_dir)  # nothing to resume from, or made with other settings: start clean
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started.write_text(json.dumps(key))
     models = [text.load_teacher(teachers[t]["path"]) for t in v.teachers]
     tr = text.train_one(ctx.preset, corpus, run_dir, job.steps, job.seed, models, v, progress=False,
                         save_every=ctx.save_every)
