@@ -58,6 +58,7 @@ class TinyPreset:
     # frontier is interpolated, never extrapolated; a run beyond its best point reads "not reached")
     frontier: tuple[float, ...] = (0.5, 0.75, 1.5, 2.0)
     mlm_probability: float = 0.15
+    kd_positions: str = "masked"  # "all": KD at every position (the regime study compares the two)
     # Corpus and teachers other than the built-in ones (the gpu-small preset: C4 streaming, a Hub teacher).
     dataset_name: str | None = None  # a Hub dataset instead of the built-in corpus / --corpus file
     dataset_config_name: str | None = None
@@ -165,7 +166,7 @@ def training_args(p: TinyPreset, out: Path, steps: int, seed: int, v: Variant | 
         save_strategy="steps" if save_every else "no", save_steps=save_every or 500, save_total_limit=1,
         use_cpu=not torch.cuda.is_available(), bf16=getattr(p, "bf16", False) and torch.cuda.is_available(),
         disable_tqdm=not report_progress, dataloader_num_workers=0,
-        kd_alpha=p.kd_alpha, kd_temperature=p.kd_temperature,
+        kd_alpha=p.kd_alpha, kd_temperature=p.kd_temperature, kd_positions=p.kd_positions,
         kd_stop_ratio=v.kd_stop_ratio if v else None, kd_teacher_selection=v.selection if v else "mean",
         overwrite_output_dir=True)
 
