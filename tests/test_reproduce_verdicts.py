@@ -5,7 +5,15 @@ import pytest
 from hf_kd.reproduce.calibrate import calibrated_cost, kinds_for
 from hf_kd.reproduce.findings import findings
 from hf_kd.reproduce.report import TEXT, markdown_table, speedups
-from hf_kd.reproduce.verdicts import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Spread, spread_of, verdict
+from hf_kd.reproduce.verdicts import (
+    INCONCLUSIVE,
+    NOT_REPRODUCED,
+    REPRODUCED,
+    Spread,
+    paired_difference,
+    spread_of,
+    verdict,
+)
 
 
 def _run(variant, losses, hours_per_step=1.0, steps_per_eval=10, role="student", seed=0, teachers=(), stop=None):
@@ -132,3 +140,17 @@ def test_verdicts_use_the_calibrated_axis():
     assert t["kd_full"]["frontier_speedup_calibrated"]["mean"] == pytest.approx(0.75)
     assert t["kd_full"]["verdict"] == NOT_REPRODUCED
     assert t["kd_stop50"]["frontier_speedup_calibrated"]["mean"] == pytest.approx(60 / 60)
+
+
+def test_comparison_with_a_bounded_variant_keeps_the_bound():
+    # kd_full beyond the best frontier point (>= 2.0 in steps), kd_stop50 inside it (1.75): early stopping is
+    # then *less* efficient in every seed, whatever kd_full's exact value is.
+    t = speedups(_grid(4.5, 4.7, jitter=0.0))
+    t_rows = {n: t[n]["frontier_speedup_step"] for n in ("kd_full", "kd_stop50")}
+    assert t_rows["kd_full"]["bounds"] == [">="] * 3 and t_rows["kd_stop50"]["bounds"] == ["="] * 3
+    f = {x["finding"].split()[0]: x for x in findings(t, TEXT)}
+    assert f["Stopping"]["verdict"] == NOT_REPRODUCED, f["Stopping"]["evidence"]
+    diff = paired_difference([(1.75, "=")] * 3, [(2.0, ">=")] * 3)
+    assert diff.bounds == ["<="] * 3 and verdict(diff, null=0.0)[0] == NOT_REPRODUCED
+    same_direction = paired_difference([(2.1, ">=")] * 3, [(2.0, ">=")] * 3)
+    assert same_direction.n == 0 and verdict(same_direction, null=0.0)[0] == INCONCLUSIVE

@@ -102,7 +102,7 @@ def markdown_table(table: dict[str, dict], metric: dict = TEXT, calibration: dic
                    regime: dict | None = None) -> str:
     axes = axes_of(calibration)
     unigram = (regime or {}).get("unigram_entropy")
-    cols = [f"final {metric['label']} (mean ± sd)"] + (["below unigram"] if unigram is not None else [])
+    cols = [f"final {metric['label']} (mean ± sd)"] + (["below unigram (nats)"] if unigram is not None else [])
     cols += [metric["secondary_label"], "GPU-hours"] + (["calibrated cost"] if calibration else [])
     cols += ["teacher fwd"] + [f"paper ({AXES[a].split(' (')[0]})" for a in axes if a != "gpu_hours"]
     cols += [f"frontier ({AXES[a].split(' (')[0]})" for a in axes] + ["verdict"]
@@ -191,11 +191,13 @@ def _regime_lines(results: dict, table: dict, metric: dict) -> str:
     reg = results.get("regime") or {}
     h = reg.get("unigram_entropy")
     if h is not None:
-        lines.append(f"- validation unigram entropy (loss of predicting token frequencies at the masked positions): "
-                     f"{h:.4f} nats; baseline ends {h - table['baseline']['final_quality']['mean']:.3f} nats below it")
+        d = h - table["baseline"]["final_quality"]["mean"]
+        lines.append(f"- validation unigram entropy (the loss of predicting the masked tokens' own frequencies: no "
+                     f"context-free model does better): {h:.4f} nats; the baseline ends {abs(d):.3f} nats "
+                     f"{'below' if d >= 0 else 'ABOVE'} it")
     for n, m in results["teachers"].items():
         q = m.get("final_quality", m.get("final_eval_loss", float("nan")))
-        below = f", {h - q:.3f} below unigram" if h is not None else ""
+        below = f", {h - q:.3f} nats below unigram (negative: above)" if h is not None else ""
         made = f"recycled {m['source']}" if m.get("source") else f"{m['steps']} steps"
         lines.append(f"- teacher `{n}`: {made}, final {metric['label']} {q:.4f}{below}, "
                      f"{m['gpu_hours']:.5f} GPU-hours (sunk: recycled checkpoints)")

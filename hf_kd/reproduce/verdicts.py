@@ -88,10 +88,17 @@ def verdict(s: Spread, null: float = 1.0) -> tuple[str, str]:
     return INCONCLUSIVE, f"90% interval [{lo:.2f}, {hi:.2f}] contains {null:g}"
 
 
+# The bound a difference a - b inherits: a lower bound on a (or an upper bound on b) bounds a - b from below.
+_DIFF_BOUND = {("=", "="): "=", (">=", "="): ">=", ("=", "<="): ">=", (">=", "<="): ">=",
+               ("<=", "="): "<=", ("=", ">="): "<=", ("<=", ">="): "<="}
+
+
 def paired_difference(a: list[tuple[float | None, str]], b: list[tuple[float | None, str]]) -> Spread:
-    """Per-seed ``a_i - b_i`` (bounds dropped to missing: a bound minus a value is no difference)."""
-    out = [(x - y, "=") if x is not None and y is not None and bx in ("", "=") and by in ("", "=") else (None, "")
-           for (x, bx), (y, by) in zip(a, b)]
+    """Per-seed ``a_i - b_i`` with the bound it inherits; two bounds in the same direction give no value."""
+    out = []
+    for (x, bx), (y, by) in zip(a, b):
+        bound = _DIFF_BOUND.get((bx or "=", by or "="))
+        out.append((x - y, bound) if x is not None and y is not None and bound else (None, ""))
     return spread_of(out)
 
 
