@@ -218,7 +218,8 @@ def plot_curves(curves: Sequence[Curve], path: str | Path, xlabel: str = "GPU-ho
     if target is not None:
         ax.axhline(target, linestyle="--", color="grey", linewidth=1, label="baseline final")
     for i, (label, level) in enumerate((hlines or {}).items()):
-        ax.axhline(level, linestyle=":", linewidth=1.2, color=f"C{(i + 3) % 10}", label=label)
+        # colours no curve uses (curves take the C0..C9 cycle), so a level is not mistaken for a run
+        ax.axhline(level, linestyle=":", linewidth=1.6, color=("black", "olive", "teal", "sienna")[i % 4], label=label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:

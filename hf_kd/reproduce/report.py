@@ -149,7 +149,7 @@ def plots(results: dict, out: Path, metric: dict = TEXT) -> list[str]:
         p = plot_curves([_curve(r, cost, metric, calibration) for r in seed0], out / f"quality_vs_{cost}.png",
                         xlabel=AXES[cost],
                         ylabel=f"{metric['label']} ({'higher' if metric['higher_is_better'] else 'lower'} is better)",
-                        title=f"hf-kd reproduce: {metric['label']} vs {AXES[cost]} (seed {base['seed']})",
+                        title=f"{metric['label']} vs {AXES[cost]}, seed {base['seed']}",
                         baseline="baseline", target=_final(base, metric["key"]), hlines=levels)
         paths.append(str(p))
     return paths
