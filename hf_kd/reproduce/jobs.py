@@ -189,6 +189,11 @@ def execute(jobs: list[Job], ctx: Context, workers: int = 1, threads: int = 1) -
                 finished_now, _ = wait(running, return_when=FIRST_COMPLETED)
                 for fut in finished_now:
                     i, job = running.pop(fut)
-                    done(i, job, fut.result())
+                    try:
+                        done(i, job, fut.result())
+                    except BaseException:
+                        # one training failed: drop the queued ones (finished runs are kept for the rerun)
+                        pool.shutdown(wait=True, cancel_futures=True)
+                        raise
     bar.close()
     return teachers, [results[i] for i in sorted(results)]
