@@ -130,3 +130,19 @@ def test_launch_failure_is_one_line(tmp_path, monkeypatch, capsys):
     assert cli_main(["reproduce", "--preset", "bert-base-c4", "--launch", "--output_dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "stage 1/" in err[0] and "exit status 3" in err[0] and "rerun" in err[0]
+
+
+@pytest.mark.slow
+def test_parallel_workers_train_the_same_runs(tiny, tmp_path):
+    import torch
+
+    p, corpus = tiny
+    torch.set_num_threads(1)  # the workers' setting, so both sides compute alike
+    one = text.run_tiny(str(tmp_path / "one"), corpus, seeds=1, preset=p, only=["kd_stop50"], calibrate=False)
+    two = text.run_tiny(str(tmp_path / "two"), corpus, seeds=1, preset=p, only=["kd_stop50"], calibrate=False,
+                        workers=2)
+    final = {r["variant"]: [e["eval_loss"] for e in r["log_history"] if "eval_loss" in e][-1] for r in one["runs"]}
+    final2 = {r["variant"]: [e["eval_loss"] for e in r["log_history"] if "eval_loss" in e][-1] for r in two["runs"]}
+    assert final2 == pytest.approx(final, rel=1e-4) and set(final) == {"baseline", "baseline_0.5x", "kd_stop50"}
+    assert (tmp_path / "two" / "corpus" / "corpus.json").is_file()  # the workers read the saved corpus
+    assert all((tmp_path / "two" / "runs" / f"{n}-seed0" / "run_result.json").is_file() for n in final)
