@@ -112,6 +112,27 @@ def frontier_speedup(frontier: Sequence[Curve], run: Curve) -> float | None:
     return c / run.final_cost
 
 
+def frontier_speedup_bounded(frontier: Sequence[Curve], run: Curve) -> tuple[float | None, str]:
+    """:func:`frontier_speedup` that also says what a value off the frontier's ends means.
+
+    Returns ``(value, kind)``: ``"="`` inside the frontier; ``">="`` when the run ends beyond the best frontier
+    point (the value, best point's cost / run cost, is a lower bound); ``"<="`` when it ends below the worst
+    point (the cheapest point's cost / run cost is an upper bound); ``(None, "")`` without a frontier.
+    """
+    if not frontier or run.final_cost <= 0:
+        return None, ""
+    hib = frontier[0].higher_is_better
+    pts = [(b.final_cost, b.final_quality) for b in frontier]
+    best = max(pts, key=lambda p: p[1] if hib else -p[1])
+    if not _at_least(best[1], run.final_quality, hib):
+        return best[0] / run.final_cost, ">="
+    cheapest = min(pts)
+    value = frontier_speedup(frontier, run)
+    if value is not None and _at_least(cheapest[1], run.final_quality, hib) and run.final_quality != cheapest[1]:
+        return value, "<="
+    return value, "="
+
+
 def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None, int]:
     """Mean and sample std of the values that are not ``None`` (and their count)."""
     vals = [v for v in values if v is not None and math.isfinite(v)]
@@ -179,10 +200,11 @@ def curve_from_jsonl(path: str | Path, name: str | None = None, quality_key: str
 
 def plot_curves(curves: Sequence[Curve], path: str | Path, xlabel: str = "GPU-hours", ylabel: str = "quality",
                 title: str = "", baseline: str | None = None, target: float | None = None,
-                spread: Mapping[str, Sequence[float]] | None = None) -> Path:
+                spread: Mapping[str, Sequence[float]] | None = None, hlines: dict[str, float] | None = None) -> Path:
     """PNG of quality vs cost, one line per curve; the baseline drawn thick and black, the target dashed.
 
     ``spread`` (curve name -> one value per point, e.g. the std over seeds) draws a band of quality ± spread.
+    ``hlines`` (label -> level) adds dotted horizontal reference lines, e.g. the unigram level and the teachers.
     """
     import matplotlib
 
@@ -200,6 +222,9 @@ def plot_curves(curves: Sequence[Curve], path: str | Path, xlabel: str = "GPU-ho
                             color=line.get_color(), alpha=0.2, linewidth=0)
     if target is not None:
         ax.axhline(target, linestyle="--", color="grey", linewidth=1, label="baseline final")
+    for i, (label, level) in enumerate((hlines or {}).items()):
+        # colours no curve uses (curves take the C0..C9 cycle), so a level is not mistaken for a run
+        ax.axhline(level, linestyle=":", linewidth=1.6, color=("black", "olive", "teal", "sienna")[i % 4], label=label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:

@@ -1,7 +1,10 @@
 """``hf-kd reproduce``: the paper's protocol in miniature (and the real-scale plan), built on the tasks.
 
-Holds the text protocol (``text``), the vision protocol (``vision``), the printed/launched real-scale plan
-(``scale``) and the report with verdicts (``report``). ``hf_kd/cli.py`` is the entry point.
+``cli`` (arguments, dispatch), ``presets`` (tiny, gpu-small, ``--override``), ``text`` (the MLM protocol),
+``vision`` (the same with the ResNet loop), ``jobs`` (resumable, parallel trainings), ``calibrate`` (per-step
+costs measured interleaved: the calibrated cost axis), ``report`` (speed-ups, table, plots), ``verdicts`` (the
+90%-interval rule), ``findings`` (the paper's claims), ``scale`` (the real-scale commands, resumable ``--launch``).
+``hf_kd/cli.py`` is the entry point.
 
 May import: ``hf_kd.core``, ``hf_kd.text``, ``hf_kd.vision`` and ``hf_kd.reproduce``.
 """

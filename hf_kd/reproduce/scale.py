@@ -3,6 +3,11 @@
 BERT-base students on streamed C4 (``allenai/c4``, ``en``), 8 GPUs with DeepSpeed ZeRO-2, checkpoints every
 10k steps, then a GLUE sweep of every checkpoint and the speed-up report. The teacher is a recycled
 checkpoint (``bert-base-uncased``; its cost is sunk, as in the paper). Needs the Hub and GPUs.
+
+``--launch`` is resumable: rerun the same command after a crash and it continues where it stopped -- a training
+whose ``all_results.json`` exists is skipped, one with a complete checkpoint resumes from it
+(``--resume_from_checkpoint latest``), one that left only partial output starts over (``--overwrite_output_dir``);
+the GLUE sweep skips its finished fine-tunes itself. A failing stage is reported in one line.
 """
 
 from __future__ import annotations
@@ -11,6 +16,9 @@ import logging
 import shlex
 import subprocess
 from pathlib import Path
+
+from ..core.checkpointing import latest_complete_checkpoint
+from ..core.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -43,13 +51,48 @@ def commands(out: str) -> list[str]:
     return cmds
 
 
-def bert_base_c4(output_dir: str, launch: bool = False) -> dict:
-    """Print (or run) the real-scale protocol; returns a results-like dict for the CLI."""
+def output_dir_of(cmd: str) -> Path | None:
+    """The ``--output_dir`` of a training command (``None`` for the GLUE and report stages)."""
+    parts = shlex.split(cmd)
+    if "run_scripts/run_mlm_kd.py" not in parts or "--output_dir" not in parts:
+        return None
+    return Path(parts[parts.index("--output_dir") + 1])
+
+
+def resume_plan(cmds: list[str]) -> list[tuple[str, str | None]]:
+    """``(status, command to run or None)`` per stage: done (skipped), resume, restart or run."""
+    plan = []
+    for c in cmds:
+        out = output_dir_of(c)
+        if out is None or not out.is_dir() or not any(out.iterdir()):
+            plan.append(("run", c))
+        elif (out / "all_results.json").is_file():
+            plan.append(("done", None))
+        elif latest_complete_checkpoint(out):
+            plan.append(("resume", f"{c} --resume_from_checkpoint latest"))
+        else:
+            plan.append(("restart", f"{c} --overwrite_output_dir"))
+    return plan
+
+
+def launch(cmds: list[str]) -> None:
+    for i, (status, c) in enumerate(resume_plan(cmds), start=1):
+        if c is None:
+            logger.info("stage %d/%d already finished: skipped", i, len(cmds))
+            continue
+        logger.info("stage %d/%d (%s): %s", i, len(cmds), status, c)
+        rc = subprocess.run(shlex.split(c)).returncode
+        if rc != 0:
+            what = output_dir_of(c) or " ".join(shlex.split(c)[:3])
+            raise UserError(f"stage {i}/{len(cmds)} ({what}) failed with exit status {rc}; fix the cause and rerun "
+                            "the same command: finished stages are skipped, the rest resumes")
+
+
+def bert_base_c4(output_dir: str, launch_it: bool = False) -> dict:
+    """Print (or run, resumably) the real-scale protocol; returns a results-like dict for the CLI."""
     cmds = commands(output_dir)
     md = "# bert-base-c4 protocol (run these on 8 GPUs with Hub access)\n\n" + "\n".join(f"    {c}" for c in cmds)
-    if launch:
+    if launch_it:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-        for c in cmds:
-            logger.info("running: %s", c)
-            subprocess.run(shlex.split(c), check=True)
+        launch(cmds)
     return {"markdown": md, "plots": [], "commands": cmds}

@@ -1,16 +1,17 @@
 """``hf-kd reproduce``: the paper's protocol in miniature -- teachers, then students with one data order.
 
-    hf-kd reproduce                                  # tiny preset, built-in corpus, ~15 min on 2 CPU cores
-    hf-kd reproduce --corpus c4-head1000.jsonl       # your own text: .txt, or .jsonl with a "text" field
-    hf-kd reproduce --seeds 2                        # students twice (seeds 0, 1): spread of the speed-ups
+    hf-kd reproduce                                  # tiny preset, built-in corpus, 3 seeds, default variants
+    hf-kd reproduce --full                           # every variant (poor teacher, ensembles, 0.5x frontier)
+    hf-kd reproduce --corpus my_corpus.jsonl         # a local .txt/.jsonl instead of the built-in corpus
     hf-kd reproduce --preset bert-base-c4            # print the real-scale protocol (add --launch to run it)
 
 Protocol (Blakeney et al. 2022, Sec. 4): teachers are pretrained once with plain MLM and cached (the
 paper's "recycle": their cost is sunk and shown separately). Students share seed, data order, masking and
-step budget: no-KD baseline; KD throughout; KD stopped at 25% and 50%; KD from a poor teacher; a
-3-teacher ensemble with ``mean`` and with ``sample``. Baselines at 0.5x and 0.75x of the budget, each with
-its own full LR schedule, give the budget frontier. Quality = held-out MLM loss on a validation set masked
-once; cost = cumulative GPU-hours (teacher forwards included).
+step budget: no-KD baseline; KD throughout; KD stopped at 25% and 50%; (``--full``:) KD from a poor teacher
+and a 3-teacher ensemble with ``mean`` and with ``sample``. Baselines at other budgets, each with its own full
+LR schedule, give the budget frontier. Quality = held-out MLM loss on a validation set masked once; cost =
+measured GPU-hours (teacher forwards included) and a calibrated cost (``calibrate``) that verdicts use.
+Every run is repeated for each seed; finished runs are reused and half-finished ones resumed (``jobs``).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from pathlib import Path
 
 import torch
 import transformers
-from tqdm.auto import tqdm
 
+from ..core.checkpointing import latest_complete_checkpoint
+from ..core.errors import UserError
 from ..text.config import DistillationTrainingArguments
 from ..text.data import cache_root, tokenize_and_chunk, train_wordpiece_tokenizer
 from ..text.masking import PremaskedAwareCollator, premask
@@ -56,6 +58,15 @@ class TinyPreset:
     # frontier is interpolated, never extrapolated; a run beyond its best point reads "not reached")
     frontier: tuple[float, ...] = (0.5, 0.75, 1.5, 2.0)
     mlm_probability: float = 0.15
+    kd_positions: str = "masked"  # "all": KD at every position (the regime study compares the two)
+    # Corpus and teachers other than the built-in ones (the gpu-small preset: C4 streaming, a Hub teacher).
+    dataset_name: str | None = None  # a Hub dataset instead of the built-in corpus / --corpus file
+    dataset_config_name: str | None = None
+    streaming: bool = False
+    tokenizer_name: str | None = None  # a pretrained tokenizer instead of a WordPiece one trained on the corpus
+    max_eval_samples: int | None = None  # validation sequences kept (a stream's first ones)
+    recycled_teacher: str | None = None  # a pretrained MLM (path or Hub id) used as teacher "good", not trained
+    bf16: bool = False  # on a GPU only
 
 
 TEACHER_KEY_FIELDS = ("model_preset", "vocab_size", "max_seq_length", "batch_size", "learning_rate", "warmup_ratio",
@@ -72,13 +83,31 @@ class Variant:
     role: str = "student"  # "student" | "frontier"
 
 
-def variants(p: TinyPreset) -> list[Variant]:
+# What `hf-kd reproduce` runs by default (3 seeds of each fit ~20 min on 2 CPU cores); `--full` runs all.
+DEFAULT_VARIANTS = ("baseline", "kd_full", "kd_stop25", "kd_stop50", "baseline_0.75x", "baseline_1.5x", "baseline_2x")
+
+
+def variants(p, full: bool = True) -> list[Variant]:
+    """Every variant of the protocol (``full``) or the default subset :data:`DEFAULT_VARIANTS`."""
     ens = ("good", "second", "poor")
     out = [Variant("baseline"), Variant("kd_full", ("good",)), Variant("kd_stop25", ("good",), 0.25),
            Variant("kd_stop50", ("good",), 0.5), Variant("kd_poor_teacher", ("poor",)),
            Variant("ensemble_mean", ens, selection="mean"), Variant("ensemble_sample", ens, selection="sample")]
     out += [Variant(f"baseline_{b:g}x", budget=b, role="frontier") for b in p.frontier]
-    return out
+    return out if full else [v for v in out if v.name in DEFAULT_VARIANTS]
+
+
+def select_variants(p, only: list[str] | None, full: bool) -> list[Variant]:
+    """The variants to run: ``only`` (plus the baselines) from the whole grid, else the default or full set."""
+    everything = variants(p, full=True)
+    if only:
+        names = [v.name for v in everything]
+        bad = [n for n in only if n not in names]
+        if bad:
+            raise UserError(f"--only {' '.join(bad)}: unknown variant(s); expected some of {', '.join(names)}")
+        # the baselines (1x and the frontier) always run: every speed-up is measured against them
+        return [v for v in everything if v.name in only or v.name == "baseline" or v.role == "frontier"]
+    return variants(p, full=full)
 
 
 @dataclass
@@ -92,54 +121,97 @@ class Corpus:
 
 
 def load_corpus(p: TinyPreset, corpus_path: str | None) -> Corpus:
-    """Tokenizer + chunked train and fixed-mask validation sets for the built-in corpus or ``corpus_path``."""
+    """Tokenizer + chunked train and fixed-mask validation sets: built-in corpus, ``corpus_path`` or a Hub dataset."""
+    import datasets
+
     from ..text.data import load_raw_splits, text_sample
     from ..text.script_args import DataArguments
 
-    data_args = DataArguments(train_file=corpus_path) if corpus_path else DataArguments()
+    if p.dataset_name and not corpus_path:
+        data_args = DataArguments(dataset_name=p.dataset_name, dataset_config_name=p.dataset_config_name,
+                                  streaming=p.streaming)
+    else:
+        data_args = DataArguments(train_file=corpus_path) if corpus_path else DataArguments()
     train_raw, val_raw = load_raw_splits(data_args)
-    texts = text_sample(train_raw, "text")
-    tokenizer = train_wordpiece_tokenizer(texts, p.vocab_size)
+    texts = text_sample(train_raw, "text", limit=2_000 if p.tokenizer_name else 200_000)
+    if p.tokenizer_name:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(p.tokenizer_name)
+    else:
+        tokenizer = train_wordpiece_tokenizer(texts, p.vocab_size)
     tokenizer.model_max_length = 10**6  # chunks are cut to max_seq_length below; silence the length warning
     train = tokenize_and_chunk(train_raw, tokenizer, "text", p.max_seq_length)
-    val = premask(tokenize_and_chunk(val_raw, tokenizer, "text", p.max_seq_length, what="validation data"),
-                  tokenizer, p.mlm_probability)
-    fp = hashlib.sha256(("\0".join(texts[:50]) + str(len(train)) + str(len(val))).encode()).hexdigest()[:12]
-    stats = {"train_sequences": len(train), "val_sequences": len(val),
-             "train_tokens": len(train) * p.max_seq_length, "epochs_per_student": p.steps * p.batch_size / len(train)}
-    return Corpus(tokenizer, train, val, fp, corpus_path or "built-in stdlib prose", stats)
+    val = tokenize_and_chunk(val_raw, tokenizer, "text", p.max_seq_length, what="validation data")
+    if p.max_eval_samples or isinstance(val, datasets.IterableDataset):
+        n = p.max_eval_samples or 1024
+        val = datasets.Dataset.from_list(list(val.take(n)) if isinstance(val, datasets.IterableDataset)
+                                         else [val[i] for i in range(min(n, len(val)))])
+    val = premask(val, tokenizer, p.mlm_probability)
+    n_train = None if isinstance(train, datasets.IterableDataset) else len(train)
+    fp = hashlib.sha256(("\0".join(texts[:50]) + str(n_train) + str(len(val))).encode()).hexdigest()[:12]
+    stats = {"train_sequences": n_train, "val_sequences": len(val)}
+    if n_train:
+        stats.update(train_tokens=n_train * p.max_seq_length, epochs_per_student=p.steps * p.batch_size / n_train)
+    name = corpus_path or (f"{p.dataset_name} (streaming)" if p.dataset_name else "built-in stdlib prose")
+    return Corpus(tokenizer, train, val, fp, name, stats)
 
 
 def training_args(p: TinyPreset, out: Path, steps: int, seed: int, v: Variant | None = None,
-                  report_progress: bool = True) -> DistillationTrainingArguments:
+                  report_progress: bool = True, save_every: int | None = None) -> DistillationTrainingArguments:
     return DistillationTrainingArguments(
         output_dir=str(out), max_steps=steps, per_device_train_batch_size=p.batch_size,
         per_device_eval_batch_size=64, learning_rate=p.learning_rate, warmup_steps=p.warmup_ratio,
         lr_scheduler_type="linear", weight_decay=0.01, seed=seed, data_seed=seed, eval_strategy="steps",
-        eval_steps=p.eval_every, logging_steps=p.eval_every, save_strategy="no", report_to="none",
-        use_cpu=not torch.cuda.is_available(), disable_tqdm=not report_progress, dataloader_num_workers=0,
-        kd_alpha=p.kd_alpha, kd_temperature=p.kd_temperature,
+        eval_steps=p.eval_every, logging_steps=p.eval_every, report_to="none",
+        # Checkpoints let an interrupted run resume (hf-kd reproduce reruns pick them up); one is kept.
+        save_strategy="steps" if save_every else "no", save_steps=save_every or 500, save_total_limit=1,
+        use_cpu=not torch.cuda.is_available(), bf16=getattr(p, "bf16", False) and torch.cuda.is_available(),
+        disable_tqdm=not report_progress, dataloader_num_workers=0,
+        kd_alpha=p.kd_alpha, kd_temperature=p.kd_temperature, kd_positions=p.kd_positions,
         kd_stop_ratio=v.kd_stop_ratio if v else None, kd_teacher_selection=v.selection if v else "mean",
         overwrite_output_dir=True)
 
 
-def train_one(p: TinyPreset, corpus: Corpus, out: Path, steps: int, seed: int, teachers=(), v: Variant | None = None,
-              progress: bool = True) -> DistillationTrainer:
-    """Train a student (or teacher: no ``teachers``) from a fresh ``seed`` init; returns the finished trainer."""
-    transformers.set_seed(seed)
-    cfg = preset_config(p.model_preset, vocab_size=len(corpus.tokenizer), max_position_embeddings=max(512, p.max_seq_length),
-                        pad_token_id=corpus.tokenizer.pad_token_id)
-    model = transformers.BertForMaskedLM(cfg)
+def student_config(p: TinyPreset, corpus: Corpus) -> transformers.BertConfig:
+    return preset_config(p.model_preset, vocab_size=len(corpus.tokenizer),
+                         max_position_embeddings=max(512, p.max_seq_length), pad_token_id=corpus.tokenizer.pad_token_id)
+
+
+def trainer_for(p: TinyPreset, corpus: Corpus, model, teachers, args: DistillationTrainingArguments
+                ) -> DistillationTrainer:
     trainer = DistillationTrainer(
-        model=model, teacher_model=list(teachers) or None, args=training_args(p, out, steps, seed, v, progress),
-        train_dataset=corpus.train, eval_dataset=corpus.val, processing_class=corpus.tokenizer,
-        data_collator=PremaskedAwareCollator(corpus.tokenizer, p.mlm_probability),
-        compute_metrics=_accuracy)
-    trainer.train()
+        model=model, teacher_model=list(teachers) or None, args=args, train_dataset=corpus.train,
+        eval_dataset=corpus.val, processing_class=corpus.tokenizer,
+        data_collator=PremaskedAwareCollator(corpus.tokenizer, p.mlm_probability), compute_metrics=_accuracy)
+    if args.disable_tqdm:  # no progress bar wanted: no per-log dict printed either (parallel workers stay quiet)
+        trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
+    return trainer
+
+
+def train_one(p: TinyPreset, corpus: Corpus, out: Path, steps: int, seed: int, teachers=(), v: Variant | None = None,
+              progress: bool = True, save_every: int | None = None) -> DistillationTrainer:
+    """Train a student (or teacher: no ``teachers``) from a fresh ``seed`` init; returns the finished trainer.
+
+    With ``save_every``, checkpoints are written and a complete one already in ``out`` is resumed from.
+    """
+    transformers.set_seed(seed)
+    model = transformers.BertForMaskedLM(student_config(p, corpus))
+    trainer = trainer_for(p, corpus, model, teachers, training_args(p, out, steps, seed, v, progress, save_every))
+    resume = latest_complete_checkpoint(out) if save_every else None
+    if resume:
+        logger.info("resuming %s from %s", out.name, resume)
+    trainer.train(resume_from_checkpoint=resume)
     if not any(e.get("step") == steps and "eval_loss" in e for e in trainer.state.log_history):
         trainer.evaluate()  # the final point of every curve is an evaluation
     trainer.save_state()
     return trainer
+
+
+def unigram_entropy(val) -> float:
+    """Entropy (nats) of the masked tokens' frequencies in the validation set: the loss of the best predictor
+    that ignores context, i.e. the level a student has to get below to have learnt anything from context."""
+    counts = torch.bincount(torch.tensor([t for row in val["labels"] for t in row if t != -100]))
+    probs = counts[counts > 0].double() / counts.sum()
+    return float(-(probs * probs.log()).sum())
 
 
 def _accuracy(eval_pred):
@@ -154,14 +226,17 @@ def teacher_steps(p: TinyPreset) -> dict[str, tuple[int, int]]:
             "poor": (p.poor_teacher_steps, 103)}
 
 
+def cache_folder(kind: str, name: str, key_parts: list) -> Path:
+    return cache_root() / kind / f"{name}-{hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:16]}"
+
+
 def cached_teacher(kind: str, name: str, key_parts: list, train) -> tuple[Path, dict]:
     """``train(folder) -> meta`` once per key (the paper's "recycle"); later calls reuse the cached folder.
 
     The folder is built under a ``.partial`` name and renamed when complete, so a killed run never leaves a
     half-trained teacher in the cache.
     """
-    key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:16]
-    folder = cache_root() / kind / f"{name}-{key}"
+    folder = cache_folder(kind, name, key_parts)
     if (folder / "teacher.json").is_file():
         logger.info("reusing cached teacher %s from %s", name, folder)
         return folder, json.loads((folder / "teacher.json").read_text())
@@ -174,43 +249,119 @@ def cached_teacher(kind: str, name: str, key_parts: list, train) -> tuple[Path, 
     return folder, meta
 
 
-def ensure_teacher(name: str, p: TinyPreset, corpus: Corpus) -> tuple[Path, dict]:
-    """Train a text teacher once, cached by (what shapes it, corpus)."""
+def ensure_teacher(name: str, p: TinyPreset, corpus: Corpus, progress: bool = True) -> tuple[Path | str, dict]:
+    """Train a text teacher once, cached by (what shapes it, corpus); or evaluate the preset's recycled one."""
+    if p.recycled_teacher and name == "good":
+        return p.recycled_teacher, recycled_teacher_meta(p, corpus)
     steps, seed = teacher_steps(p)[name]
-    # Only what shapes the teacher goes into the key, so tuning the students' KD knobs reuses it.
-    shape = {k: getattr(p, k) for k in TEACHER_KEY_FIELDS}
 
     def train(folder: Path) -> dict:
-        trainer = train_one(replace(p, eval_every=max(p.eval_every, steps // 6)), corpus, folder, steps, seed)
+        trainer = train_one(replace(p, eval_every=max(p.eval_every, steps // 6)), corpus, folder, steps, seed,
+                            progress=progress)
         trainer.save_model()
         return {"steps": steps, "seed": seed, "gpu_hours": trainer.cost_callback.meter.gpu_hours,
                 "final_quality": [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e][-1]}
 
-    return cached_teacher("teachers", name, [shape, steps, seed, corpus.fingerprint], train)
+    return cached_teacher("teachers", name, teacher_key(name, p, corpus), train)
+
+
+def teacher_key(name: str, p: TinyPreset, corpus: Corpus) -> list:
+    # Only what shapes the teacher goes into the key, so tuning the students' KD knobs reuses it.
+    steps, seed = teacher_steps(p)[name]
+    return [{k: getattr(p, k) for k in TEACHER_KEY_FIELDS}, steps, seed, corpus.fingerprint]
+
+
+def teacher_steps_to_train(name: str, p: TinyPreset, corpus: Corpus) -> int:
+    """Steps this teacher still needs: 0 when recycled or already cached."""
+    if p.recycled_teacher and name == "good":
+        return 0
+    done = (cache_folder("teachers", name, teacher_key(name, p, corpus)) / "teacher.json").is_file()
+    return 0 if done else teacher_steps(p)[name][0]
+
+
+def recycled_teacher_meta(p: TinyPreset, corpus: Corpus) -> dict:
+    """A pretrained teacher's quality on this validation set (its training cost is sunk: not ours)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = trainer_for(p, corpus, load_teacher(p.recycled_teacher), (),
+                              training_args(p, Path(tmp), 1, 0, report_progress=False))
+        metrics = trainer.evaluate()
+    return {"steps": "recycled", "seed": None, "gpu_hours": 0.0, "source": p.recycled_teacher,
+            "final_quality": metrics["eval_loss"], "final_accuracy": metrics.get("eval_accuracy")}
+
+
+def load_teacher(path: str):
+    return transformers.AutoModelForMaskedLM.from_pretrained(path)
+
+
+def save_corpus(corpus: Corpus, folder: Path) -> None:
+    """Write the corpus (tokenizer, chunked splits) for worker processes, which load it instead of rebuilding it."""
+    if (folder / "corpus.json").is_file() and json.loads((folder / "corpus.json").read_text())["fingerprint"] == \
+            corpus.fingerprint:
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    corpus.tokenizer.save_pretrained(str(folder / "tokenizer"))
+    corpus.train.save_to_disk(str(folder / "train"))
+    corpus.val.save_to_disk(str(folder / "val"))
+    (folder / "corpus.json").write_text(json.dumps({"fingerprint": corpus.fingerprint, "name": corpus.name,
+                                                    "stats": corpus.stats}))
+
+
+def load_saved_corpus(folder: Path) -> Corpus:
+    import datasets
+
+    meta = json.loads((folder / "corpus.json").read_text())
+    tok = transformers.AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
+    tok.model_max_length = 10**6
+    return Corpus(tok, datasets.load_from_disk(str(folder / "train")), datasets.load_from_disk(str(folder / "val")),
+                  meta["fingerprint"], meta["name"], meta["stats"])
+
+
+def plan_jobs(p: TinyPreset, vs: list[Variant], seeds: int, out: Path) -> list:
+    """Teachers first, then the longest trainings first (so parallel workers finish together)."""
+    from .jobs import Job
+
+    order = list(teacher_steps(p))
+    needed = sorted({t for v in vs for t in v.teachers}, key=order.index)
+    jobs = [Job(n, steps=teacher_steps(p)[n][0]) for n in needed]
+    runs = [Job(v.name, seed, int(round(p.steps * v.budget)), v, str(out / "runs" / f"{v.name}-seed{seed}"),
+                tuple(v.teachers)) for seed in range(seeds) for v in vs]
+    return jobs + sorted(runs, key=lambda j: (bool(j.needs), -j.steps))
 
 
 def run_tiny(output_dir: str, corpus_path: str | None = None, seeds: int = 1, preset: TinyPreset | None = None,
-             only: list[str] | None = None) -> dict:
-    """Run the whole tiny protocol; returns the results dict (also written to ``output_dir``)."""
+             only: list[str] | None = None, full: bool = True, workers: int = 1, threads: int = 1,
+             calibrate: bool = True) -> dict:
+    """Run the protocol (resumable: finished runs are reused); returns the results dict (also in ``output_dir``)."""
+    from .calibrate import kinds_for, load_or_measure, measure_step_costs
+    from .jobs import Context, execute, log_plan
     from .report import write_report
 
     p = preset or TinyPreset()
+    vs = select_variants(p, only, full)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     corpus = load_corpus(p, corpus_path)
-    vs = [v for v in variants(p) if not only or v.name in only or v.name == "baseline"]
-    needed = sorted({t for v in vs for t in v.teachers}, key=list(teacher_steps(p)).index)
-    teachers = {n: ensure_teacher(n, p, corpus) for n in tqdm(needed, desc="teachers")}
-    runs = []
-    jobs = [(seed, v) for seed in range(seeds) for v in vs]
-    for seed, v in tqdm(jobs, desc="runs"):
-        steps = int(round(p.steps * v.budget))
-        models = [transformers.AutoModelForMaskedLM.from_pretrained(str(teachers[t][0])) for t in v.teachers]
-        run_dir = out / "runs" / f"{v.name}-seed{seed}"
-        tr = train_one(p, corpus, run_dir, steps, seed, models, v)
-        runs.append({"variant": v.name, "role": v.role, "seed": seed, "steps": steps, "run_dir": str(run_dir),
-                     "teachers": list(v.teachers), "kd_stop_ratio": v.kd_stop_ratio, "selection": v.selection,
-                     "teacher_forwards": len(tr.teacher_calls), "log_history": tr.state.log_history})
+    ctx = Context(p, corpus, save_every=2 * p.eval_every, key={"preset": asdict(p), "corpus": corpus.fingerprint})
+    jobs = plan_jobs(p, vs, seeds, out)
+    calibration = None
+    if calibrate:
+        kinds = kinds_for([{"teachers": v.teachers, "selection": v.selection, "kd_stop_ratio": v.kd_stop_ratio}
+                           for v in vs])
+        torch.set_num_threads(threads)
+        calibration = load_or_measure(out / "calibration.json", {**ctx.key, "kinds": kinds, "threads": threads},
+                                      lambda: measure_step_costs(p, corpus, kinds))
+    if calibration:
+        log_plan(jobs, calibration, workers, sum(teacher_steps_to_train(j.name, p, corpus) for j in jobs
+                                                 if j.variant is None))
+    if workers > 1:
+        save_corpus(corpus, out / "corpus")
+        ctx = Context(p, None, str(out / "corpus"), ctx.save_every, ctx.key)
+    teachers, runs = execute(jobs, ctx, workers, threads)
+    names = [v.name for v in vs]
+    runs.sort(key=lambda r: (r["seed"], names.index(r["variant"])))
     results = {"preset": asdict(p), "corpus": corpus.name, "corpus_stats": corpus.stats,
-               "teachers": {n: m for n, (_, m) in teachers.items()}, "runs": runs}
+               "regime": {"unigram_entropy": unigram_entropy(corpus.val)}, "calibration": calibration,
+               "teachers": {n: t["meta"] for n, t in teachers.items()}, "runs": runs}
     return write_report(results, out)

@@ -17,7 +17,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .report import write_report
-from .text import Variant, cached_teacher, teacher_steps, variants
+from .text import Variant, cached_teacher, select_variants, teacher_steps
 
 
 @dataclass(frozen=True)
@@ -76,12 +76,12 @@ def ensure_vision_teacher(name: str, p: VisionPreset) -> tuple[Path, dict]:
 
 
 def run_vision(output_dir: str, seeds: int = 1, preset: VisionPreset | None = None,
-               only: list[str] | None = None) -> dict:
+               only: list[str] | None = None, full: bool = True) -> dict:
     """The whole vision protocol; returns the results dict (also written to ``output_dir``)."""
     p = preset or VisionPreset()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    vs = [v for v in variants(p) if not only or v.name in only or v.name == "baseline"]
+    vs = select_variants(p, only, full)
     needed = sorted({t for v in vs for t in v.teachers}, key=list(teacher_steps(p)).index)
     teachers = {n: ensure_vision_teacher(n, p) for n in tqdm(needed, desc="teachers")}
     runs = []
