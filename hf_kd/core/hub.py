@@ -2,7 +2,7 @@
 
 | step | when | what |
 |---|---|---|
-| :func:`take_hub_settings` | before the Trainer is built | moves ``push_to_hub``/``hub_token``/``hub_model_id`` out of the arguments, so the Trainer never opens a Hub repo during training and the token never lands in ``training_args.bin``; refuses a ``--hub_strategy`` other than ``end`` |
+| :func:`take_hub_settings` | before the Trainer is built | moves ``push_to_hub``/``hub_token``/``hub_model_id`` out of the arguments, so the Trainer never opens a Hub repo during training and the token never lands in ``training_args.bin``; refuses a ``--hub_strategy`` other than ``end``, and ``--push_to_hub`` in offline mode (``HF_HUB_OFFLINE``) |
 | :func:`write_model_card` | always, main process | ``README.md`` in ``output_dir``: YAML metadata (tags ``hf-kd``, ``knowledge-distillation``; an ``hf_kd`` block with teachers, and, when a teacher ran, KD weight, temperature, stop step, selection; data, steps, GPU-hours; a ``model-index`` with the final evaluation) and the same facts as text, a usage line naming ``--hub_model_id`` (else a placeholder to fill in), and what ``Trainer.create_model_card`` writes (hyperparameters, evaluation log, framework versions) |
 | :func:`push_folder` | only with ``--push_to_hub``, main process | ``create_repo`` + ``upload_folder`` of the model, tokenizer, card and results (no checkpoints, no pickles); a failure is one :class:`HubPushError` line |
 
@@ -54,6 +54,12 @@ def take_hub_settings(args) -> HubSettings:
     if args.push_to_hub and strategy not in SUPPORTED_HUB_STRATEGIES:
         raise UserError(f"--hub_strategy {strategy!r} is not supported: hf-kd uploads the finished run once; "
                         f"expected one of {SUPPORTED_HUB_STRATEGIES} (upload checkpoints yourself with `hf upload`)")
+    if args.push_to_hub:
+        from huggingface_hub import constants
+
+        if constants.HF_HUB_OFFLINE:  # read at call time: the upload would fail only after the whole training
+            raise UserError("--push_to_hub needs the Hub, but offline mode is on (HF_HUB_OFFLINE=1); expected "
+                            "HF_HUB_OFFLINE unset, or no --push_to_hub (upload the folder later with `hf upload`)")
     settings = HubSettings(push=bool(args.push_to_hub), repo_id=args.hub_model_id,
                            private=getattr(args, "hub_private_repo", None), token=args.hub_token)
     args.push_to_hub = False
