@@ -164,6 +164,7 @@ CASES = [
     ("sample_without_teacher", ["--kd_teacher_selection", "sample"], ["kd_teacher_selection='sample'",
                                                                       "--teacher_model_name_or_path"]),
     ("unknown_flag", ["--kd_alpah", "0.5"], ["--kd_alpah"]),
+    ("save_total_limit_negative", ["--save_total_limit", "-3"], ["save_total_limit=-3", "a positive integer"]),
     ("train_file_missing", ["--train_file", "{d}/nope.txt"], ["nope.txt", "does not exist"]),
     ("train_file_suffix", ["--train_file", "{d}/notes.md"], ["notes.md", "suffix '.md'"]),
     ("empty_dataset", ["--train_file", "{d}/empty.txt"], ["empty.txt", "is empty", "at least one document"]),
