@@ -236,6 +236,20 @@ def test_log_lines_appear_every_logging_steps_with_their_keys(rotated, tmp_path,
     assert rows[0]["train_images_per_second"] > 0 and rows[0]["teacher_time_fraction"] > 0
 
 
+def test_window_straddling_the_stop_step_reports_the_text_definitions(rotated, tmp_path, caplog):
+    """kd_weight is the window's mean KD weight and kd_loss the mean over its KD steps (as for text), in the
+    evaluation rows and the log lines alike; before, an evaluation row took the weight of its last step only."""
+    out = tmp_path / "straddle"
+    with caplog.at_level(logging.INFO, logger="hf_kd.vision.progress"):
+        _run(out, "--max_steps", "4", "--logging_steps", "2", "--eval_steps", "2", "--teacher_checkpoint",
+             str(rotated), "--kd_stop_steps", "1", "--kd_alpha", "0.3", "--disable_tqdm")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["kd_weight"] for r in rows] == [pytest.approx(0.15), 0.0]  # 1 KD step of 2, then none
+    assert rows[0]["kd_loss"] > 0 and rows[1]["kd_loss"] is None
+    lines = [r.getMessage() for r in caplog.records if r.name == "hf_kd.vision.progress"]
+    assert " kd_weight 0.15," in lines[0] and " kd_weight 0," in lines[1], lines
+
+
 def test_losses_are_read_once_per_logging_step(monkeypatch):
     """Steps only add on the device; the reduce (and its host sync) happens at logging steps only."""
     from hf_kd.vision.loop import StepResult
