@@ -11,7 +11,8 @@ import numpy as np
 from transformers import AutoTokenizer, DataCollatorForLanguageModeling, set_seed
 
 from ..core.checkpointing import checkpoint_problem, latest_complete_checkpoint
-from ..core.hub import publish_run, take_hub_settings
+from ..core.hub import take_hub_settings
+from .card import publish_run
 from .config import DistillationTrainingArguments
 from .data import (
     DataError,
