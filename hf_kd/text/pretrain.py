@@ -12,6 +12,7 @@ from transformers import AutoTokenizer, DataCollatorForLanguageModeling, set_see
 
 from ..core.checkpointing import checkpoint_problem, latest_complete_checkpoint
 from ..core.hub import take_hub_settings
+from ..core.teachers import check_model_reference
 from .card import publish_run
 from .config import DistillationTrainingArguments
 from .data import (
@@ -132,6 +133,8 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, args: 
     """Train, save the final model and ``all_results.json``; returns the final metrics."""
     resume = resolve_resume(args)
     check_output_dir(args, resume)
+    for name in args.teacher_model_name_or_path or ():
+        check_model_reference(name)  # a mistyped local path fails now, not after data prep and a Hub timeout
     hub = take_hub_settings(args)  # we push after training; the Trainer's own push would open the repo now
     trainer = build_trainer(model_args, data_args, args, teacher_model, callbacks, task)
     train_result = trainer.train(resume_from_checkpoint=resume)
