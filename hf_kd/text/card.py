@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.hub import PAPER, TAGS, HubSettings, push_folder
+
+if TYPE_CHECKING:
+    from huggingface_hub import ModelCard
+    from transformers import Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +66,7 @@ def usage_name(output_dir: str, repo_id: str | None) -> tuple[str, str]:
     return hub_id, note
 
 
-def build_model_card(trainer, metrics: dict[str, Any], data_args=None, repo_id: str | None = None):
+def build_model_card(trainer: Trainer, metrics: dict[str, Any], data_args=None, repo_id: str | None = None) -> ModelCard:
     """A ``huggingface_hub.ModelCard`` for the run: YAML metadata (tags, ``hf_kd`` facts, model-index) + text."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
