@@ -98,11 +98,11 @@ class KDStep:
             return []
         return teacher_indices(step, len(self.teachers), self.selection, self.seed)
 
-    def _global_count(self, local: int) -> int:
+    def _global_count(self, local: int) -> int | torch.Tensor:
         if self.accelerator.num_processes == 1:
             return local
-        t = torch.tensor(local, device=self.accelerator.device)
-        return int(self.accelerator.reduce(t, reduction="sum").item())
+        # stays on the device: the loss divides by it there, and nothing reads it on the host
+        return self.accelerator.reduce(torch.tensor(local, device=self.accelerator.device), reduction="sum")
 
     def __call__(self, micro_batches: list, step: int) -> StepResult:
         acc, ids = self.accelerator, self.teacher_ids(step)  # one teacher choice for all micro-batches
