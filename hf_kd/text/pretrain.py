@@ -133,8 +133,13 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, args: 
     """Train, save the final model and ``all_results.json``; returns the final metrics."""
     resume = resolve_resume(args)
     check_output_dir(args, resume)
+    # A mistyped local path fails now, in one line, not after data prep with a Hub error (or timeout).
+    for what, name in (("model", model_args.model_name_or_path), ("tokenizer", model_args.tokenizer_name),
+                       ("config", model_args.config_name)):
+        if name:
+            check_model_reference(name, what)
     for name in args.teacher_model_name_or_path or ():
-        check_model_reference(name)  # a mistyped local path fails now, not after data prep and a Hub timeout
+        check_model_reference(name)
     hub = take_hub_settings(args)  # we push after training; the Trainer's own push would open the repo now
     trainer = build_trainer(model_args, data_args, args, teacher_model, callbacks, task)
     train_result = trainer.train(resume_from_checkpoint=resume)
