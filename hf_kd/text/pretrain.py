@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from transformers import AutoTokenizer, DataCollatorForLanguageModeling, set_seed
 
-from ..core.checkpointing import checkpoint_problem, latest_complete_checkpoint
+from ..core.checkpointing import checkpoint_problem, latest_complete_checkpoint, refuse_nonempty_output_dir
 from ..core.hub import take_hub_settings
 from ..core.teachers import check_model_reference
 from .card import publish_run
@@ -75,10 +75,8 @@ def resolve_resume(args: DistillationTrainingArguments) -> str | None:
 
 def check_output_dir(args: DistillationTrainingArguments, resume: str | None) -> None:
     """Refuse to train into a non-empty output_dir unless resuming or ``--overwrite_output_dir``."""
-    out = Path(args.output_dir)
-    if resume is None and out.is_dir() and any(out.iterdir()) and not args.overwrite_output_dir:
-        raise FileExistsError(f"output_dir {str(out)!r} is not empty; pass --overwrite_output_dir, "
-                              "--resume_from_checkpoint latest, or another --output_dir")
+    if resume is None:
+        refuse_nonempty_output_dir(args.output_dir, args.overwrite_output_dir)
 
 
 def load_tokenizer(model_args: ModelArguments, train_raw, column: str):
