@@ -228,7 +228,6 @@ def build_report(args: ReportArguments) -> dict:
               "diverged": info.get("diverged", []), "rows": [asdict(r) for r in rows],
               "table": [asdict(r) for r in table], "speedups": speedups}
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    print(md)
     return report
 
 
@@ -243,7 +242,9 @@ def main(argv: list[str] | None = None) -> dict | int:
     if argv is None:
         return run_cli(lambda: main(sys.argv[1:]))
     (args,) = parse_args((ReportArguments,), _positional(list(argv)))
-    return build_report(args)
+    report = build_report(args)
+    print((Path(args.output_dir) / "report.md").read_text())  # the CLI shows it; build_report only writes files
+    return report
 
 
 if __name__ == "__main__":

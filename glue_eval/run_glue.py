@@ -127,7 +127,6 @@ def evaluate_on_glue(model_name_or_path: str, gargs: GlueArguments, fargs: Finet
                "selected_learning_rates": {k[2]: lr for k, lr in info["selected"].items()}}
     if main_proc:
         (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
-        print(format_summary(summary))
     return summary
 
 
@@ -137,7 +136,10 @@ def main(argv: list[str] | None = None) -> dict | int:
         return run_cli(lambda: main(sys.argv[1:]))
     rargs, gargs, fargs = parse_glue_args((RunGlueArguments,), argv)
     run_name = fargs.run_name if "run_name" in fargs.given else None
-    return evaluate_on_glue(rargs.model_name_or_path, gargs, fargs, run_name)
+    summary = evaluate_on_glue(rargs.model_name_or_path, gargs, fargs, run_name)
+    if is_main_process():  # the CLI shows the table; the library function only writes summary.json
+        print(format_summary(summary))
+    return summary
 
 
 if __name__ == "__main__":

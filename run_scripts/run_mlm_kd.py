@@ -26,7 +26,6 @@ from __future__ import annotations
 import sys
 
 from hf_kd.core.cli_utils import parse_args, run_cli
-from hf_kd.core.teachers import check_model_reference
 from hf_kd.text.config import DistillationTrainingArguments
 from hf_kd.text.pretrain import run_pretraining
 from hf_kd.text.script_args import DataArguments, ModelArguments
@@ -35,8 +34,6 @@ from hf_kd.text.script_args import DataArguments, ModelArguments
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parse_args(
         (ModelArguments, DataArguments, DistillationTrainingArguments), argv)
-    for name in training_args.teacher_model_name_or_path or ():
-        check_model_reference(name)  # a mistyped local path fails now, not after data prep and a Hub timeout
     return run_pretraining(model_args, data_args, training_args)
 
 

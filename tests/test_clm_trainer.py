@@ -160,3 +160,20 @@ def test_bf16_autocast_chunked_matches_full_logits(tmp_path):
         assert next(trainer.teachers[0].parameters()).dtype == torch.bfloat16
         losses[chunk] = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert losses[None] == pytest.approx(losses[0], rel=1e-4)
+
+
+def test_training_step_never_materialises_full_logits_by_default(tmp_path):
+    """The chunked path is the trainer's default: the LM heads of student and teacher see no positions in a
+    training step (the loss takes their hidden states); clm_chunk_size=0 is the full-logits path."""
+    seen = {}
+    for chunk in (None, 0):
+        student, teacher = tiny_gpt2(), tiny_llama(seed=1)
+        shapes = seen[chunk] = []
+        for m in (student, teacher):
+            m.get_output_embeddings().register_forward_hook(lambda mod, a, out, shapes=shapes: shapes.append(tuple(out.shape)))
+        args = quick_args(tmp_path / str(chunk), per_device_train_batch_size=4, max_steps=1, clm_chunk_size=chunk,
+                          learning_rate=0.01)
+        DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=ListDataset(clm_examples(4)),
+                            data_collator=default_data_collator).train()
+    assert len(seen[None]) == 2 and all(s[1] == 0 for s in seen[None]), seen[None]  # [B, 0, V]: no logits
+    assert len(seen[0]) == 2 and all(s[:2] == (4, 10) for s in seen[0]), seen[0]

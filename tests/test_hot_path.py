@@ -95,3 +95,60 @@ def test_item9_nonfinite_guard_reuses_the_trainers_gradient_norm(tmp_path, monke
     trainer.train()
     assert len(norms) == 3  # the Trainer's own norm, once per step (computed even without clipping)
     assert len(calls) <= len(norms), f"{len(calls)} gradient-norm passes for {len(norms)} steps"
+
+
+class _DeviceSyncs:
+    """Counts the aten ops that make the host wait for the device (the host reads a value, or a row count: a
+    boolean-mask selection, in forward as ``index`` or in backward as ``index_put``), outside model code.
+    Seen at the dispatcher, so C++-side syncs that no Python method of ``torch.Tensor`` shows are counted too."""
+
+    READS = ("aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::item")
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        counter = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                name = func._schema.name
+                masked = name in ("aten::index", "aten::index_put", "aten::index_put_") and any(
+                    isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] or ()))
+                if (name in counter.READS or masked) and not counter._in_model_code():
+                    counter.count += 1
+                return func(*args, **(kwargs or {}))
+
+        self.count, self.mode = 0, Mode()
+
+    @staticmethod
+    def _in_model_code() -> bool:
+        frame = sys._getframe(2)
+        while frame is not None and "/torch/" in frame.f_code.co_filename.replace("\\", "/"):
+            frame = frame.f_back
+        name = frame.f_code.co_filename.replace("\\", "/") if frame is not None else ""
+        return any(part in name for part in MODEL_CODE)
+
+
+def _device_syncs_during_training(tmp_path, task: str, ga: int) -> int:
+    from tests.clm_fixtures import clm_examples, tiny_gpt2, tiny_llama
+
+    args = quick_args(tmp_path, max_steps=2, per_device_train_batch_size=8 // ga, gradient_accumulation_steps=ga,
+                      logging_steps=1000, learning_rate=0.01)
+    student, teacher, data = ((tiny_bert(), tiny_bert(seed=1, layers=1), mlm_examples(16)) if task == "mlm" else
+                              (tiny_gpt2(), tiny_llama(seed=1), clm_examples(16)))
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=ListDataset(data),
+                                  data_collator=default_data_collator)
+    syncs = _DeviceSyncs()
+    with syncs.mode:
+        trainer.train()
+    return syncs.count
+
+
+@pytest.mark.parametrize("task", ["mlm", "clm"])
+def test_at_most_one_device_sync_per_micro_batch(tmp_path, task):
+    """A KD micro-batch selects its loss rows (student head, teacher head, labels) with one shared row count --
+    the one sync a data-dependent number of rows needs -- and no boolean-mask selection in forward or backward."""
+    one = _device_syncs_during_training(tmp_path / "ga1", task, 1)
+    four = _device_syncs_during_training(tmp_path / "ga4", task, 4)
+    extra_micro_batches = 2 * 4 - 2 * 1
+    assert four - one <= extra_micro_batches, f"{(four - one) / extra_micro_batches:.1f} syncs per micro-batch"

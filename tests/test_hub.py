@@ -119,3 +119,15 @@ def test_push_folder_error_names_repo_and_hides_token(tmp_path):
     assert "\n" not in message and "me/x" in message and "127.0.0.1:9" in message and "hf upload" in message
     assert FAKE_TOKEN not in message
     assert isinstance(info.value, ConnectionError)
+
+
+def test_push_to_hub_in_offline_mode_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    """Offline, the upload can only fail, and only after the whole training: refuse it up front, nothing written."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    out = tmp_path / "offline"
+    assert run_cli(lambda: main(TINY + ["--output_dir", str(out), "--max_steps", "1", "--push_to_hub"])) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --push_to_hub") and "HF_HUB_OFFLINE" in err[0], err
+    assert not out.exists()

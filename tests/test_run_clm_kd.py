@@ -5,6 +5,7 @@ import json
 import pytest
 from safetensors.torch import load_file
 
+from hf_kd.core.cli_utils import run_cli
 from run_scripts.run_clm_kd import main
 
 TINY = ["--model_preset", "tiny", "--vocab_size", "512", "--block_size", "32", "--max_train_samples", "64",
@@ -70,3 +71,13 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path, monkeypatch):
     assert worst <= 1e-6, f"max weight difference {worst}"
     lines = [e for e in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in e]
     assert [e["step"] for e in lines] == list(range(1, 19))
+
+
+def test_missing_teacher_path_is_refused_before_data_prep(tmp_path, capsys):
+    """The same up-front check as run_mlm_kd.py (it lives in run_pretraining): one line, nothing written."""
+    out = tmp_path / "kd"
+    argv = [*TINY, "--output_dir", str(out), "--teacher_model_name_or_path", str(tmp_path / "no_such_teacher")]
+    assert run_cli(lambda: main(argv)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no_such_teacher" in err[0] and "does not exist" in err[0], err
+    assert not out.exists()

@@ -68,7 +68,7 @@ def reference(student, teachers, x, y, **kw) -> tuple[float, dict[str, torch.Ten
 
 
 def run_step(student, teachers, micro_batches, step, *, alpha, temperature, divergence="forward_kl",
-             selection="mean", label_smoothing=0.0, stop_step=100):
+             selection="mean", label_smoothing=0.0, stop_step=100, accelerator=None):
     """One KDStep; returns (result, summed gradients, teacher calls as a list of teacher indices)."""
     model = copy.deepcopy(student)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
@@ -79,7 +79,7 @@ def run_step(student, teachers, micro_batches, step, *, alpha, temperature, dive
     grads = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
     for n, p in model.named_parameters():  # one hook call per backward (micro-batch): sum them
         p.register_hook(lambda g, n=n: grads[n].add_(g))
-    kd_step = KDStep(Accelerator(cpu=True), model, opt, sched, teachers, alpha=alpha, temperature=temperature,
+    kd_step = KDStep(accelerator or Accelerator(cpu=True), model, opt, sched, teachers, alpha=alpha, temperature=temperature,
                      divergence=divergence, selection=selection, seed=SEED, stop_step=stop_step,
                      label_smoothing=label_smoothing, channels_last=False)
     return kd_step(micro_batches, step=step), grads, calls
@@ -112,6 +112,36 @@ def test_one_teacher_step_equals_the_hand_formula(temperature, alpha, smoothing,
     assert result.ce.item() == pytest.approx(ce_only, rel=1e-5)
     kd = (loss - (1 - alpha) * ce_only) / (alpha * temperature**2)
     assert result.kd.item() == pytest.approx(kd, rel=1e-4, abs=1e-7)
+
+
+class _TwoRanks(Accelerator):
+    """This process posing as one of 2 ranks whose peer holds as many images: ``reduce`` doubles the count."""
+
+    @property
+    def num_processes(self) -> int:
+        return 2
+
+    def reduce(self, tensor, reduction="sum"):
+        return tensor * 2
+
+
+def test_global_image_count_of_several_ranks_stays_on_the_device(monkeypatch):
+    """The step's denominator (images on all ranks) is reduced on the device and divides the loss there: no
+    host read per optimizer step. Each rank's terms are its share of the global mean (half, with 2 equal ranks)."""
+    student, teacher = _linear(0), _linear(7, scale=3.0)
+    x, y = _batch()
+    kw = dict(alpha=0.5, temperature=2.0)
+    one, _, _ = run_step(student, [teacher], _split(x, y, 2), step=0, **kw)
+    reads = []
+    for name in ("item", "tolist", "__int__", "__float__"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _o=original, _n=name, **k: reads.append(_n) or _o(
+            self, *a, **k))
+    two, _, _ = run_step(student, [teacher], _split(x, y, 2), step=0, accelerator=_TwoRanks(cpu=True), **kw)
+    assert reads == []
+    monkeypatch.undo()
+    torch.testing.assert_close(two.ce, one.ce / 2)
+    torch.testing.assert_close(two.kd, one.kd / 2)
 
 
 @pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl"])

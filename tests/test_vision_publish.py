@@ -147,7 +147,7 @@ def _card_yaml(path: Path) -> dict:
 @pytest.fixture
 def uploads(monkeypatch) -> list[dict]:
     """Replace the Hub calls at the network boundary; each upload records what it was given."""
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, constants
     from huggingface_hub.utils import filter_repo_objects
 
     calls: list[dict] = []
@@ -159,6 +159,7 @@ def uploads(monkeypatch) -> list[dict]:
         calls.append({"repo_id": repo_id, "token": self.token, "files": sent, **kw})
         return type("CommitInfo", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/0"})()
 
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # an offline environment would refuse --push_to_hub
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append({"created": repo_id, **kw}))
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     return calls
@@ -188,11 +189,12 @@ def test_kd_run_pushes_model_config_card_and_metrics_and_writes_no_token(rotated
 
 
 def test_baseline_card_says_no_kd_and_failed_upload_is_one_line(rotated, tmp_path, monkeypatch, capsys):
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, constants
 
     def offline(self, *a, **kw):
         raise OSError(f"cannot reach the Hub with {SECRET}")
 
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the upload itself fails, not the up-front check
     monkeypatch.setattr(HfApi, "create_repo", offline)
     out = tmp_path / "base"
     argv = ["--output_dir", str(out), *TINY, "--max_steps", "1", "--push_to_hub", "--hub_token", SECRET,
@@ -203,6 +205,18 @@ def test_baseline_card_says_no_kd_and_failed_upload_is_one_line(rotated, tmp_pat
     facts = _card_yaml(out / "README.md")["hf_kd"]  # the folder is complete before the upload
     assert facts["teachers"] == [] and facts["kd_alpha"] == 0.0 and facts["kd_temperature"] is None
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+
+
+def test_push_to_hub_in_offline_mode_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    out = tmp_path / "offline"
+    assert run_cli(lambda: run_resnet_kd.main(["--output_dir", str(out), *TINY, "--max_steps", "1",
+                                               "--push_to_hub"])) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --push_to_hub") and "HF_HUB_OFFLINE" in err[0], err
+    assert not out.exists()  # refused before anything was written
 
 
 # -- progress ----------------------------------------------------------------------------------------------------
@@ -220,6 +234,20 @@ def test_log_lines_appear_every_logging_steps_with_their_keys(rotated, tmp_path,
     # a log line and an evaluation at the same step: the evaluation row still measures the window
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["train_images_per_second"] > 0 and rows[0]["teacher_time_fraction"] > 0
+
+
+def test_window_straddling_the_stop_step_reports_the_text_definitions(rotated, tmp_path, caplog):
+    """kd_weight is the window's mean KD weight and kd_loss the mean over its KD steps (as for text), in the
+    evaluation rows and the log lines alike; before, an evaluation row took the weight of its last step only."""
+    out = tmp_path / "straddle"
+    with caplog.at_level(logging.INFO, logger="hf_kd.vision.progress"):
+        _run(out, "--max_steps", "4", "--logging_steps", "2", "--eval_steps", "2", "--teacher_checkpoint",
+             str(rotated), "--kd_stop_steps", "1", "--kd_alpha", "0.3", "--disable_tqdm")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["kd_weight"] for r in rows] == [pytest.approx(0.15), 0.0]  # 1 KD step of 2, then none
+    assert rows[0]["kd_loss"] > 0 and rows[1]["kd_loss"] is None
+    lines = [r.getMessage() for r in caplog.records if r.name == "hf_kd.vision.progress"]
+    assert " kd_weight 0.15," in lines[0] and " kd_weight 0," in lines[1], lines
 
 
 def test_losses_are_read_once_per_logging_step(monkeypatch):

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from .errors import UserError
+
 logger = logging.getLogger(__name__)
 
 PARTIAL_PREFIX = ".partial-"
@@ -89,6 +91,14 @@ def latest_complete_checkpoint(output_dir: str | os.PathLike, state_file: str = 
             return str(folder)
         logger.warning("skipping incomplete checkpoint %s: %s", folder, problem)
     return None
+
+
+def refuse_nonempty_output_dir(output_dir: str | os.PathLike, overwrite: bool) -> None:
+    """A fresh run (not resuming) never writes into a non-empty ``output_dir`` unless ``--overwrite_output_dir``."""
+    out = Path(output_dir)
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"output_dir {str(out)!r} is not empty; pass --overwrite_output_dir, "
+                        "--resume_from_checkpoint latest, or another --output_dir")
 
 
 def remove_partials(run_dir: str | os.PathLike) -> None:

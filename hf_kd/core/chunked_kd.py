@@ -1,4 +1,4 @@
-"""Fused LM head + CE + KD, computed a chunk of positions at a time (hf-kd issue 14).
+"""Fused LM head + CE + KD, computed a chunk of positions at a time.
 
 For a causal LM the KD step is dominated by the vocabulary: the student's ``[N, V]`` logits, their
 log-softmax, the teacher's ``[N, V]`` logits and their log-softmax, and the gradient of each, for every

@@ -12,8 +12,12 @@ import logging
 import pickle
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +97,9 @@ def check_model_reference(name: str, what: str = "teacher") -> None:
                                "(org/name)")
 
 
-def load_pretrained(name_or_path: str, auto_class, dtype: torch.dtype | None = None,
-                    trust_remote_code: bool = False, allow_pickle: bool = False, what: str = "teacher"):
+def load_pretrained(name_or_path: str, auto_class: type, dtype: torch.dtype | None = None,
+                    trust_remote_code: bool = False, allow_pickle: bool = False, what: str = "teacher"
+                    ) -> PreTrainedModel:
     """``auto_class.from_pretrained`` with the safety checks above; Hub ids keep the real Hub path."""
     p = Path(name_or_path)
     if p.exists():
@@ -197,7 +202,7 @@ def tokenizer_source(teacher: torch.nn.Module | str) -> str | None:
     return name if name and Path(name).is_dir() else None
 
 
-def load_tokenizer_of(source: str | None, trust_remote_code: bool = False):
+def load_tokenizer_of(source: str | None, trust_remote_code: bool = False) -> PreTrainedTokenizerBase | None:
     """The tokenizer saved with a model (folder or Hub id), or ``None`` when it has none."""
     if source is None:
         return None

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.losses import IGNORE_INDEX
+from .sparse_head import Rows, as_rows
 
 # Configs whose logits are not ``head(hidden)``: the chunked loss would miss that step, so use full logits.
 LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "output_multiplier_scale", "logits_scaling")
@@ -72,22 +73,26 @@ def shifted(inputs: dict, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return target, real
 
 
-def loss_positions(inputs: dict, labels: torch.Tensor, all_positions: bool = False
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(rows [B, L] bool, row_labels [M])``: the positions that carry a loss and their next-token labels.
+def _position_mask(inputs: dict, labels: torch.Tensor, all_positions: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    target, real = shifted(inputs, labels)
+    return (real if all_positions else real & (target != IGNORE_INDEX)), target
+
+
+def loss_positions(inputs: dict, labels: torch.Tensor, all_positions: bool = False) -> tuple[Rows, torch.Tensor]:
+    """``(rows, row_labels [M])``: the positions that carry a loss (:class:`Rows` of a ``[B, L]`` mask) and their
+    next-token labels.
 
     Without ``all_positions`` the rows are the labelled next-token positions (CE and KD); with it, every
     position with a real next token (KD there; CE still only where the label is not -100).
     """
-    target, real = shifted(inputs, labels)
-    rows = real if all_positions else real & (target != IGNORE_INDEX)
-    return rows, target[rows]
+    mask, target = _position_mask(inputs, labels, all_positions)
+    rows = Rows(mask)
+    return rows, rows.take(target)
 
 
 def count_positions(batch: dict, all_positions: bool = False) -> torch.Tensor:
     """Number of loss positions of one batch (``labels`` included), as a device tensor (no host sync)."""
-    rows, _ = loss_positions(batch, batch["labels"], all_positions)
-    return rows.sum()
+    return _position_mask(batch, batch["labels"], all_positions)[0].sum()
 
 
 def fused_head(model: torch.nn.Module) -> torch.nn.Linear | None:
@@ -115,26 +120,26 @@ class HiddenCapture:
     def __init__(self, head: torch.nn.Module):
         self.head = head
         self.hidden: torch.Tensor | None = None
-        self._mask: torch.Tensor | None = None
+        self._rows: Rows | None = None
         self._handle = head.register_forward_pre_hook(self._pre_hook)
 
     def _pre_hook(self, module, args):
-        if self._mask is None:
+        if self._rows is None:
             return None
         hidden = args[0]
-        if hidden.shape[:2] != self._mask.shape:
+        if hidden.shape[:2] != self._rows.mask.shape:
             raise RuntimeError(f"causal-LM head input {tuple(hidden.shape)} does not match the position mask "
-                               f"{tuple(self._mask.shape)}; set clm_chunk_size=0 (full logits) for this model")
-        self.hidden = hidden[self._mask]
+                               f"{tuple(self._rows.mask.shape)}; set clm_chunk_size=0 (full logits) for this model")
+        self.hidden = self._rows.take(hidden)
         return (hidden[:, :0],) + tuple(args[1:])
 
     @contextlib.contextmanager
-    def rows(self, mask: torch.Tensor):
-        self._mask, self.hidden = mask, None
+    def rows(self, mask: torch.Tensor | Rows):
+        self._rows, self.hidden = as_rows(mask), None
         try:
             yield self
         finally:
-            self._mask = None
+            self._rows = None
 
     def remove(self) -> None:
         self._handle.remove()

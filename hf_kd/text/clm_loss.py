@@ -15,6 +15,7 @@ from ..core.chunked_kd import chunked_distillation_loss, default_chunk_size
 from ..core.losses import DistillationLoss, distillation_loss
 from ..core.schedule import teacher_indices
 from .clm import HiddenCapture, chunked_ce_and_argmax, count_positions, fused_head, loss_positions
+from .sparse_head import Rows
 
 MODEL_INPUT_EXCLUDE = ("labels", "shift_labels")
 
@@ -49,7 +50,7 @@ class CausalLMLossMixin:
                   ce_denominator=ce_den, kd_denominator=self._kd_count if all_rows else ce_den)
         idx = teacher_indices(step, len(self.teachers), self.args.kd_teacher_selection, self.args.seed) if active else []
         if self._clm_captures is None:
-            s_logits = model(**model_inputs).logits[rows]
+            s_logits = rows.take(model(**model_inputs).logits)
             with self._teacher_context():
                 t_logits = [self._clm_teacher_call(i, step, model_inputs, rows) for i in idx]
             return distillation_loss(s_logits, labels, t_logits or None, **kw)
@@ -65,16 +66,16 @@ class CausalLMLossMixin:
         # inference_mode skips autograd bookkeeping; ZeRO-3's gather hooks write into parameters -> no_grad.
         return torch.no_grad() if self.is_deepspeed_enabled else torch.inference_mode()
 
-    def _clm_hidden(self, which: int, model, model_inputs: dict, rows: torch.Tensor) -> torch.Tensor:
+    def _clm_hidden(self, which: int, model, model_inputs: dict, rows: Rows) -> torch.Tensor:
         with self._clm_captures[which].rows(rows) as got:
             model(**model_inputs)
         return got.hidden
 
-    def _clm_teacher_call(self, i: int, step: int, model_inputs: dict, rows: torch.Tensor) -> torch.Tensor:
+    def _clm_teacher_call(self, i: int, step: int, model_inputs: dict, rows: Rows) -> torch.Tensor:
         """Teacher ``i``'s final hidden states (chunked path) or logits (full path) at ``rows``."""
         self._recent_teacher_calls.append((step, i))
         if self._clm_captures is None:
-            return self.teachers[i](**model_inputs).logits[rows]
+            return rows.take(self.teachers[i](**model_inputs).logits)
         return self._clm_hidden(i + 1, self.teachers[i], model_inputs, rows)
 
     def _clm_eval_loss(self, model, inputs: dict, return_outputs: bool):
@@ -85,16 +86,16 @@ class CausalLMLossMixin:
         rows, labels = loss_positions(inputs, inputs["labels"])
         model_inputs = {k: v for k, v in inputs.items() if k not in MODEL_INPUT_EXCLUDE}
         if self._clm_captures is None:
-            logits = model(**model_inputs).logits[rows].float()
+            logits = rows.take(model(**model_inputs).logits).float()
             ce_sum = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
             row_preds = logits.argmax(-1)
         else:
             hidden = self._clm_hidden(0, model, model_inputs, rows)
             head = self._clm_captures[0].head
             ce_sum, row_preds = chunked_ce_and_argmax(hidden, head.weight, head.bias, labels, self._clm_chunk)
-        loss = ce_sum / rows.sum().clamp(min=1)
+        loss = ce_sum / rows.mask.sum().clamp(min=1)
         if not return_outputs:
             return loss
         preds = torch.full_like(inputs["labels"], -100)
-        preds[rows] = row_preds
+        preds.view(-1).index_copy_(0, rows.index, row_preds)
         return loss, {"loss": loss, "logits": preds}

@@ -131,6 +131,9 @@ class DistillationTrainingArguments(TrainingArguments):
                               ("on_nonfinite_loss", NONFINITE_POLICIES), ("kd_task", KD_TASKS)):
             if getattr(self, name) not in allowed:
                 raise _bad(name, getattr(self, name), f"one of {allowed}")
+        if self.save_total_limit is not None and self.save_total_limit < 1:
+            # transformers would read it as "keep every checkpoint" without a word; the vision CLI refuses it too
+            raise _bad("save_total_limit", self.save_total_limit, "a positive integer (unset = keep every checkpoint)")
         if self.clm_chunk_size is not None and self.clm_chunk_size < 0:
             raise _bad("clm_chunk_size", self.clm_chunk_size, "an integer >= 0 (0 = full logits) or None (auto)")
         if isinstance(self.teacher_model_name_or_path, str):

@@ -15,7 +15,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
-from transformers import DataCollatorForLanguageModeling
+from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from ..core.errors import DataError
 from .corpus import builtin_splits, corpus_fingerprint
@@ -69,7 +69,10 @@ def _check_text_column(ds, column: str, what: str):
     return ds
 
 
-def load_raw_splits(args: DataArguments):
+Split = datasets.Dataset | datasets.IterableDataset
+
+
+def load_raw_splits(args: DataArguments) -> tuple[Split, Split]:
     """(train, validation) datasets with a text column; streaming keeps them iterable."""
     if args.dataset_name:
         # The real path for C4 and other Hub corpora (needs the Hub; kept even though it cannot run offline).
@@ -109,10 +112,10 @@ def text_sample(ds, column: str, limit: int = 200_000) -> list[str]:
     return out
 
 
-def train_wordpiece_tokenizer(texts: list[str], vocab_size: int):
+def train_wordpiece_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
     """A BERT-style WordPiece tokenizer trained on ``texts``, cached by corpus and vocabulary size."""
     from tokenizers import BertWordPieceTokenizer
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from transformers import AutoTokenizer
 
     folder = cache_root() / "tokenizers" / f"wordpiece-{vocab_size}-{corpus_fingerprint(texts)}"
     if (folder / "tokenizer.json").is_file():
@@ -130,8 +133,8 @@ def train_wordpiece_tokenizer(texts: list[str], vocab_size: int):
     return AutoTokenizer.from_pretrained(str(folder))
 
 
-def tokenize_and_chunk(ds, tokenizer, column: str, max_seq_length: int, num_proc: int | None = None,
-                       what: str = "training data"):
+def tokenize_and_chunk(ds: Split, tokenizer: PreTrainedTokenizerBase, column: str, max_seq_length: int,
+                       num_proc: int | None = None, what: str = "training data") -> Split:
     """Tokenize, concatenate and cut into ``max_seq_length`` chunks (run_mlm's ``group_texts``)."""
 
     def tokenize(batch):
@@ -175,7 +178,7 @@ class ResumableMLMCollator(DataCollatorForLanguageModeling):
         return super().torch_call(examples)
 
 
-def cap(ds, n: int | None):
+def cap(ds: Split, n: int | None) -> Split:
     """First ``n`` rows (``max_train_samples``); works for streaming datasets too."""
     if n is None:
         return ds

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, BertConfig, GPT2Config, LlamaConfig
 
 from ..core.teachers import TeacherLoadError, load_pretrained, load_tokenizer_of
 from .script_args import CLM_PRESETS, MODEL_PRESETS, ModelArguments
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +51,8 @@ def clm_preset_config(name: str, vocab_size: int, max_position_embeddings: int =
                       n_positions=max_position_embeddings, **ids)
 
 
-def build_student(args: ModelArguments, tokenizer, allow_pickle: bool = False, task: str = "mlm"):
+def build_student(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, allow_pickle: bool = False,
+                  task: str = "mlm") -> PreTrainedModel:
     """The student model: ``model_name_or_path`` > ``config_name`` > ``model_preset`` (default ``tiny``).
 
     ``task``: ``"mlm"`` (``AutoModelForMaskedLM``, BERT presets) or ``"clm"`` (``AutoModelForCausalLM``, GPT-2 and
@@ -92,7 +97,8 @@ def check_seq_length(model, max_seq_length: int) -> None:
                          f"expected at most {limit}")
 
 
-def teacher_tokenizer_for_student(args: ModelArguments, teachers: Sequence[str] | None, trust_remote_code: bool = False):
+def teacher_tokenizer_for_student(args: ModelArguments, teachers: Sequence[str] | None, trust_remote_code: bool = False
+                                  ) -> PreTrainedTokenizerBase | None:
     """With a teacher and neither ``--tokenizer_name`` nor ``--model_name_or_path``: the first teacher's tokenizer.
 
     KD compares distributions id by id, so a student with a tokenizer of its own (e.g. trained here on other

@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 from transformers import AutoTokenizer, DataCollatorForLanguageModeling, set_seed
 
-from ..core.checkpointing import checkpoint_problem, latest_complete_checkpoint
-from ..core.hub import publish_run, take_hub_settings
+from ..core.checkpointing import checkpoint_problem, latest_complete_checkpoint, refuse_nonempty_output_dir
+from ..core.hub import take_hub_settings
+from ..core.teachers import check_model_reference
+from .card import publish_run
 from .config import DistillationTrainingArguments
 from .data import (
     DataError,
@@ -73,10 +75,8 @@ def resolve_resume(args: DistillationTrainingArguments) -> str | None:
 
 def check_output_dir(args: DistillationTrainingArguments, resume: str | None) -> None:
     """Refuse to train into a non-empty output_dir unless resuming or ``--overwrite_output_dir``."""
-    out = Path(args.output_dir)
-    if resume is None and out.is_dir() and any(out.iterdir()) and not args.overwrite_output_dir:
-        raise FileExistsError(f"output_dir {str(out)!r} is not empty; pass --overwrite_output_dir, "
-                              "--resume_from_checkpoint latest, or another --output_dir")
+    if resume is None:
+        refuse_nonempty_output_dir(args.output_dir, args.overwrite_output_dir)
 
 
 def load_tokenizer(model_args: ModelArguments, train_raw, column: str):
@@ -131,6 +131,13 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, args: 
     """Train, save the final model and ``all_results.json``; returns the final metrics."""
     resume = resolve_resume(args)
     check_output_dir(args, resume)
+    # A mistyped local path fails now, in one line, not after data prep with a Hub error (or timeout).
+    for what, name in (("model", model_args.model_name_or_path), ("tokenizer", model_args.tokenizer_name),
+                       ("config", model_args.config_name)):
+        if name:
+            check_model_reference(name, what)
+    for name in args.teacher_model_name_or_path or ():
+        check_model_reference(name)
     hub = take_hub_settings(args)  # we push after training; the Trainer's own push would open the repo now
     trainer = build_trainer(model_args, data_args, args, teacher_model, callbacks, task)
     train_result = trainer.train(resume_from_checkpoint=resume)

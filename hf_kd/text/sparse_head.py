@@ -30,6 +30,36 @@ def find_mlm_head(model: torch.nn.Module) -> torch.nn.Module | None:
     return None
 
 
+class Rows:
+    """Selected positions of a ``[B, L]`` batch: the bool ``mask`` and, computed once, its row-major indices.
+
+    Selecting with a boolean mask makes the device tell the host how many rows there are (a sync on a GPU, at
+    every use, and again in its backward, an ``index_put`` with the mask). One ``nonzero`` per mask, shared by
+    every selection of a micro-batch (student head, teachers' heads, labels), pays that unavoidable sync once;
+    ``index_select``'s backward needs none.
+    """
+
+    def __init__(self, mask: torch.Tensor):
+        self.mask = mask
+        self._index: torch.Tensor | None = None
+
+    @property
+    def index(self) -> torch.Tensor:
+        if self._index is None:
+            self._index = self.mask.reshape(-1).nonzero().squeeze(1)
+        return self._index
+
+    def take(self, x: torch.Tensor) -> torch.Tensor:
+        """``x[mask]`` for ``x`` of shape ``[B, L, ...]`` (same rows, same order), as one ``index_select``."""
+        if x.shape[:2] != self.mask.shape:
+            raise RuntimeError(f"{tuple(x.shape)} does not match the position mask {tuple(self.mask.shape)}")
+        return x.flatten(0, 1).index_select(0, self.index)
+
+
+def as_rows(mask: torch.Tensor | Rows | None) -> Rows | None:
+    return mask if mask is None or isinstance(mask, Rows) else Rows(mask)
+
+
 class SparseHead:
     """Forward pre-hook that makes ``head`` compute only the rows where ``mask`` is true.
 
@@ -42,7 +72,7 @@ class SparseHead:
 
     def __init__(self, head: torch.nn.Module):
         self.head = head
-        self._mask: torch.Tensor | None = None
+        self._rows: Rows | None = None
         self._handle = head.register_forward_pre_hook(self._pre_hook)
 
     @classmethod
@@ -51,24 +81,25 @@ class SparseHead:
         return cls(head) if head is not None else None
 
     def _pre_hook(self, module, args):
-        if self._mask is None:
+        if self._rows is None:
             return None
         hidden = args[0]
-        if hidden.shape[:2] != self._mask.shape:
+        if hidden.shape[:2] != self._rows.mask.shape:
             raise RuntimeError(
                 f"sparse head: hidden states {tuple(hidden.shape)} do not match the position mask "
-                f"{tuple(self._mask.shape)}; run with --sparse_mlm_head false for this model"
+                f"{tuple(self._rows.mask.shape)}; run with --sparse_mlm_head false for this model"
             )
-        return (hidden[self._mask],) + tuple(args[1:])
+        return (self._rows.take(hidden),) + tuple(args[1:])
 
     @contextlib.contextmanager
-    def select(self, mask: torch.Tensor | None):
-        """Within the block, the head sees only ``hidden[mask]`` (``mask`` ``[B, L]`` bool; ``None`` = all)."""
-        self._mask = mask
+    def select(self, mask: torch.Tensor | Rows | None):
+        """Within the block, the head sees only ``hidden[mask]`` (``mask`` ``[B, L]`` bool or :class:`Rows`;
+        ``None`` = all)."""
+        self._rows = as_rows(mask)
         try:
             yield
         finally:
-            self._mask = None
+            self._rows = None
 
     def remove(self) -> None:
         self._handle.remove()

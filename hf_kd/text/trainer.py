@@ -21,8 +21,10 @@ the previous one. ``mlm_loss`` is the mean MLM term over those steps, ``kd_loss`
 window's KD steps only, and ``kd_weight`` the mean KD weight over the window (``kd_alpha`` x KD steps / steps:
 ``kd_alpha`` before the stop step, 0 after, a fraction on the window that straddles the stop).
 
-Hot path: nothing in a micro-batch reads a device value on the host. Token counts, logged terms and the
-non-finite flag are summed on the device; the guard reads one fused flag per optimizer step (reusing the
+Hot path: a micro-batch reads one value on the host, the number of its loss rows (a data-dependent shape:
+one ``nonzero`` shared by student head, teacher heads and labels, :class:`~hf_kd.text.sparse_head.Rows`;
+``kd_positions='all'`` adds one for its KD rows). Token counts, logged terms and the non-finite flag are
+summed on the device; the guard reads one fused flag per optimizer step (reusing the
 gradient norm the Trainer computes anyway) and the logged values are read once per log line.
 """
 
@@ -53,7 +55,7 @@ from ..core.teachers import (
 from .clm import check_teachers_fit, resolve_kd_task
 from .clm_loss import CausalLMLossMixin
 from .config import DistillationTrainingArguments
-from .sparse_head import SparseHead
+from .sparse_head import Rows, SparseHead
 
 logger = logging.getLogger(__name__)
 
@@ -225,11 +227,13 @@ class DistillationTrainer(CausalLMLossMixin, Trainer):
     def _mlm_loss(self, model, inputs: dict, labels: torch.Tensor, active: bool, step: int, num_items_in_batch):
         """CE at masked positions + KD at ``kd_positions``; returns (the loss terms, the student's logits)."""
         masked = labels != IGNORE_INDEX
+        masked_rows = Rows(masked)  # one row count per mask and micro-batch, shared by every selection below
         kd_mask = masked if self.args.kd_positions == "masked" else _attention(inputs).bool()
-        student_rows = masked if not active or self.args.kd_positions == "masked" else None
+        kd_rows = masked_rows if self.args.kd_positions == "masked" else Rows(kd_mask)
+        student_rows = masked_rows if not active or self.args.kd_positions == "masked" else None
         s_logits, rows = self._logits(model, self._student_head, inputs, student_rows)
-        labels_rows = labels[rows] if rows is not None else labels
-        t_logits = self._teacher_logits(inputs, kd_mask, step) if active else None
+        labels_rows = rows.take(labels) if rows is not None else labels
+        t_logits = self._teacher_logits(inputs, kd_rows, step) if active else None
         # clamp: a step without any masked token has CE sum 0 and must give loss 0, not 0/0 = NaN
         ce_den = (torch.as_tensor(num_items_in_batch) if num_items_in_batch is not None else masked.sum()).clamp(min=1)
         kd_den = ce_den if self._kd_count is None else self._kd_count
@@ -241,14 +245,14 @@ class DistillationTrainer(CausalLMLossMixin, Trainer):
         )
         return out, s_logits
 
-    def _logits(self, model, head: SparseHead | None, inputs: dict, rows: torch.Tensor | None):
+    def _logits(self, model, head: SparseHead | None, inputs: dict, rows: Rows | None):
         """Logits of ``model`` at ``rows`` ([M, V], sparse head) or everywhere ([B, L, V]); returns (logits, rows)."""
         if head is not None and rows is not None:
             with head.select(rows):
                 return model(**inputs).logits, rows
         return model(**inputs).logits, None
 
-    def _teacher_logits(self, inputs: dict, kd_mask: torch.Tensor, step: int) -> list[torch.Tensor]:
+    def _teacher_logits(self, inputs: dict, kd_rows: Rows, step: int) -> list[torch.Tensor]:
         idx = teacher_indices(step, len(self.teachers), self.args.kd_teacher_selection, self.args.seed)
         # inference_mode skips all autograd bookkeeping (teacher forward ~15% faster than under no_grad on CPU,
         # benchmarks/kd_overhead.py); ZeRO-3's gather hooks write into parameters, which it forbids -> no_grad.
@@ -257,8 +261,8 @@ class DistillationTrainer(CausalLMLossMixin, Trainer):
         with ctx:
             for i in idx:
                 self._recent_teacher_calls.append((step, i))
-                t_logits, rows = self._logits(self.teachers[i], self._teacher_heads[i], inputs, kd_mask)
-                logits.append(t_logits if rows is not None else t_logits.reshape(-1, t_logits.shape[-1])[kd_mask.reshape(-1)])
+                t_logits, rows = self._logits(self.teachers[i], self._teacher_heads[i], inputs, kd_rows)
+                logits.append(t_logits if rows is not None else kd_rows.take(t_logits))
         return logits
 
     def _check_finite(self, loss: torch.Tensor) -> torch.Tensor:
@@ -332,14 +336,15 @@ class DistillationTrainer(CausalLMLossMixin, Trainer):
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         masked = labels != IGNORE_INDEX
-        logits, rows = self._logits(model, self._student_head, inputs, masked)
-        flat = logits if rows is not None else logits.reshape(-1, logits.shape[-1])[masked.reshape(-1)]
-        target = labels[masked]
+        rows = Rows(masked)
+        logits, sparse = self._logits(model, self._student_head, inputs, rows)
+        flat = logits if sparse is not None else rows.take(logits)
+        target = rows.take(labels)
         loss = torch.nn.functional.cross_entropy(flat.float(), target, reduction="sum") / masked.sum().clamp(min=1)
         if not return_outputs:
             return loss
         preds = torch.full_like(labels, IGNORE_INDEX)
-        preds[masked] = flat.argmax(-1)
+        preds.view(-1).index_copy_(0, rows.index, flat.argmax(-1))
         return loss, {"loss": loss, "logits": preds}
 
     # -- logging ----------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from ..core.checkpointing import (
     checkpoint_problem,
     latest_complete_checkpoint,
     publish,
+    refuse_nonempty_output_dir,
     remove_partials,
     safetensors_problem,
 )
@@ -98,8 +99,5 @@ def check_output_dir(output_dir: str | Path, resume: str | None, overwrite: bool
     """Refuse to train into a non-empty output_dir (unless overwriting or resuming); resolve the resume path."""
     if resume:
         return resolve_resume(output_dir, resume)
-    out = Path(output_dir)
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"output_dir {str(out)!r} is not empty; pass --overwrite_output_dir or "
-                        "--resume_from_checkpoint latest")
+    refuse_nonempty_output_dir(output_dir, overwrite)
     return None

@@ -31,7 +31,7 @@ from ..core.cost import CostMeter
 from ..core.errors import NonFiniteLossError
 from ..core.hub import take_hub_settings
 from ..core.losses import distillation_loss
-from ..core.schedule import kd_is_active, kd_weight, teacher_indices
+from ..core.schedule import kd_is_active, teacher_indices
 from ..core.teachers import check_teacher_vocab, freeze_teacher, release_teachers
 from .card import METRIC_KEYS, push_run, write_card
 from .checkpoints import check_output_dir, save_checkpoint
@@ -98,11 +98,11 @@ class KDStep:
             return []
         return teacher_indices(step, len(self.teachers), self.selection, self.seed)
 
-    def _global_count(self, local: int) -> int:
+    def _global_count(self, local: int) -> int | torch.Tensor:
         if self.accelerator.num_processes == 1:
             return local
-        t = torch.tensor(local, device=self.accelerator.device)
-        return int(self.accelerator.reduce(t, reduction="sum").item())
+        # stays on the device: the loss divides by it there, and nothing reads it on the host
+        return self.accelerator.reduce(torch.tensor(local, device=self.accelerator.device), reduction="sum")
 
     def __call__(self, micro_batches: list, step: int) -> StepResult:
         acc, ids = self.accelerator, self.teacher_ids(step)  # one teacher choice for all micro-batches
@@ -256,13 +256,15 @@ class VisionRun:
         every = self.args.eval_steps
         return step % self.spe == 0 or step == self.max_steps or bool(every and step % every == 0)
 
+    @property
+    def _kd_alpha(self) -> float:
+        return self.args.kd_alpha if self.model_args.teacher_checkpoint else 0.0
+
     def _log_eval(self, step: int, window: LossWindow, metrics_path: Path) -> dict:
         result = evaluate(self.acc, self.model, self.val_dl, self.model_args.channels_last)
         self.meter.exclude(as_eval=True)
-        active = bool(self.model_args.teacher_checkpoint)
         row = {"step": step, "epoch": round(step / self.spe, 4), **self.meter.log_values(), **result,
-               "kd_weight": kd_weight(step - 1, self.args.kd_alpha, self.stop_step) if active else 0.0,
-               **window.values(self.acc), "learning_rate": self.scheduler.get_last_lr()[0]}
+               **window.values(self.acc, self._kd_alpha), "learning_rate": self.scheduler.get_last_lr()[0]}
         if row["task_loss"] is not None and not math.isfinite(row["task_loss"]):
             raise _diverged(step)
         if self.acc.is_main_process:
@@ -292,7 +294,7 @@ class VisionRun:
                     self.model_args.model, self.data.source, self.max_steps, self.spe, self.stop_step,
                     len(self.kd_step.teachers))
         progress = Progress(self.acc, self.max_steps, self.state.step, self.spe, self.args.logging_steps,
-                            disable=self.args.disable_tqdm)
+                            disable=self.args.disable_tqdm, kd_alpha=self._kd_alpha)
         with progress.running():
             row = self._loop(progress, out / METRICS_FILE)
         self._save_final(row)

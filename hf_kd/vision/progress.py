@@ -1,7 +1,9 @@
 """What a vision run shows while it trains: a rank-0 progress bar and a log line every ``--logging_steps``.
 
 Losses are summed on the device step by step (:class:`LossWindow`) and read -- one reduce and one host sync --
-only when a line is logged or an evaluation runs, so the training step itself never waits for the host.
+only when a line is logged or an evaluation runs, so the training step itself never waits for the host. The
+window's keys mean what they mean for text (:func:`hf_kd.core.log_terms.window_terms`): ``task_loss`` over the
+window's steps, ``kd_loss`` over its KD steps only, ``kd_weight`` = ``kd_alpha`` x KD steps / steps.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from ..core.log_terms import window_terms
+
 logger = get_logger(__name__)  # main process only
 
 # The keys of a training log line, in the order they are printed.
-LOG_KEYS = ("loss", "task_loss", "kd_loss", "learning_rate", "train_images_per_second", "gpu_hours",
+LOG_KEYS = ("loss", "task_loss", "kd_loss", "kd_weight", "learning_rate", "train_images_per_second", "gpu_hours",
             "teacher_time_fraction")
 
 
@@ -42,13 +46,17 @@ class LossWindow:
         """All ranks' losses so far are finite (a reduce: every rank gets the same answer, none hangs)."""
         return self.sums is None or bool(torch.isfinite(accelerator.reduce(self.sums, reduction="sum")).all())
 
-    def values(self, accelerator: Accelerator) -> dict:
-        """Means since the last call (``None`` when there were no steps / no KD steps); starts a new window."""
+    def values(self, accelerator: Accelerator, kd_alpha: float = 0.0) -> dict:
+        """Means since the last call (``None`` when there were no steps / no KD steps); starts a new window.
+
+        ``kd_alpha``: the run's KD weight (0 without teachers), for ``kd_weight``. The step's terms are already
+        global means (normalised by the global image count), so the ranks' sums add up to them."""
         if not self.steps:
-            return {"loss": None, "task_loss": None, "kd_loss": None}
+            return {"loss": None, "task_loss": None, "kd_loss": None, "kd_weight": None}
         loss, ce, kd = accelerator.reduce(self.sums, reduction="sum").tolist()
-        out = {"loss": loss / self.steps, "task_loss": ce / self.steps,
-               "kd_loss": kd / self.kd_steps if self.kd_steps else None}
+        terms = window_terms(ce, kd, self.steps, self.kd_steps, kd_alpha)
+        out = {"loss": loss / self.steps, "task_loss": terms["mlm_loss"], "kd_loss": terms.get("kd_loss"),
+               "kd_weight": terms["kd_weight"]}
         self.__init__()
         return out
 
@@ -63,8 +71,9 @@ class Progress:
     """The progress bar (local main process, unless ``disable``) and the periodic training log lines."""
 
     def __init__(self, acc: Accelerator, max_steps: int, start_step: int, steps_per_epoch: int,
-                 logging_steps: int | None, disable: bool = False):
+                 logging_steps: int | None, disable: bool = False, kd_alpha: float = 0.0):
         self.acc, self.max_steps, self.spe, self.logging_steps = acc, max_steps, steps_per_epoch, logging_steps
+        self.kd_alpha = kd_alpha  # the run's KD weight (0 without teachers), for the window's kd_weight
         # leave=False: runs driven many times from one process (hf-kd reproduce) do not stack finished bars.
         self.bar = tqdm(total=max_steps, initial=start_step, desc="training", unit="step", leave=False,
                         dynamic_ncols=True, disable=disable or not acc.is_local_main_process)
@@ -88,7 +97,7 @@ class Progress:
 
     def log(self, step: int, learning_rate: float, cost: dict) -> dict:
         """One log line from the window's losses (one sync) and the cost meter's ``cost`` values."""
-        values = {**self.window.values(self.acc), "learning_rate": learning_rate, **cost}
+        values = {**self.window.values(self.acc, self.kd_alpha), "learning_rate": learning_rate, **cost}
         epoch = step / self.spe
         row = {"step": step, "epoch": round(epoch, 4), **values}
         if values["loss"] is not None and not math.isfinite(values["loss"]):
