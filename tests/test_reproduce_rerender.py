@@ -50,3 +50,17 @@ def test_rerender_check_rejects_an_edited_or_stale_report(tmp_path, capsys):
     assert all("log_history" in r for r in saved["runs"])  # the logs travel with the report
     assert cli_main(["reproduce", "--rerender", "--output_dir", str(tmp_path)]) == 0  # regenerate ...
     assert md.read_text() == text  # ... gives back what the logs say
+
+
+def test_checked_in_builtin_report_follows_from_its_run_logs(tmp_path):
+    """docs/reproduce_builtin.md must be what the checked-in code makes of its run logs (no stale numbers)."""
+    import shutil
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    marker = "<!-- results.md of that run, verbatim"
+    text = (docs / "reproduce_builtin.md").read_text()
+    assert marker in text
+    (tmp_path / "results.md").write_text(text.split(marker, 1)[1].split("-->\n\n", 1)[1])
+    shutil.copy(docs / "reproduce_builtin.json", tmp_path / "results.json")
+    assert cli_main(["reproduce", "--rerender", "--check", "--output_dir", str(tmp_path)]) == 0
