@@ -218,11 +218,13 @@ def test_path_like_teacher_names(tmp_path, monkeypatch, name, local):
 
 
 def test_mistyped_local_teacher_is_one_line_error_before_data_or_hub(tmp_path, monkeypatch, capsys, no_hub):
+    import hf_kd.text.pretrain as pretrain
     import run_scripts.run_mlm_kd as script
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
-    monkeypatch.setattr(script, "run_pretraining", lambda *a: pytest.fail("went on to data and training"))
+    # The check lives in run_pretraining (shared by run_mlm_kd and run_clm_kd), before any data or model work.
+    monkeypatch.setattr(pretrain, "build_trainer", lambda *a: pytest.fail("went on to data and training"))
     rc = run_cli(lambda: script.main(["--output_dir", "runs/kd", "--teacher_model_name_or_path", "runs/nope",
                                       "--report_to", "none", "--use_cpu", "true"]))
     err = capsys.readouterr().err
