@@ -103,7 +103,7 @@ def test_clm_protocol_end_to_end_resumes_and_reuses(corpus_file, tmp_path, monke
     calls.clear()
     assert cli_main(argv) == 0
     assert calls == []  # everything finished: nothing is retrained
-    mlm = replace(text.TinyPreset(), **{k: getattr(p, k) for k in ("vocab_size", "max_seq_length", "batch_size")})
+    mlm = replace(p, task="mlm")  # the same sizes as an MLM protocol: its teachers and runs are never mistaken for these
     assert text.teacher_kind(mlm) != text.teacher_kind(p) and text.preset_key(mlm) != text.preset_key(p)
 
 
@@ -153,10 +153,12 @@ def test_verdict_rule_is_defined_once():
 @pytest.mark.parametrize("argv, needle", [
     (["reproduce", "--task", "clm", "--preset", "gpu-small"], "--preset 'gpu-small' with --task clm is invalid"),
     (["reproduce", "--task", "audio"], "task='audio' is invalid: expected one of ('text', 'clm', 'vision')")])
-def test_clm_cli_bad_input(argv, needle, capsys):
-    assert cli_main(argv) == 2
+def test_clm_cli_bad_input(argv, needle, capsys, tmp_path):
+    # tiny flags: were the check ever lost, this would train a little instead of the whole protocol
+    out = tmp_path / "never-written"
+    assert cli_main([*argv, "--steps", "2", "--seeds", "1", "--workers", "1", "--output_dir", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert needle in err and len(err.splitlines()) == 1
+    assert needle in err and len(err.splitlines()) == 1 and not out.exists()
 
 
 def test_help_lists_tasks_and_presets(capsys):
