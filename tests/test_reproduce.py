@@ -84,9 +84,9 @@ def test_cli_prints_real_scale_protocol(capsys):
     assert "allenai/c4" in out and "ds_configs/zero2.json" in out and "glue_eval.sweep" in out
 
 
-@pytest.mark.parametrize("argv, needle", [(["reproduce", "--task", "audio"], "--task 'audio' is invalid"),
+@pytest.mark.parametrize("argv, needle", [(["reproduce", "--task", "audio"], "task='audio' is invalid"),
                                           (["reproduce", "--seeds", "0"], "--seeds 0 is invalid"),
-                                          (["reproduce", "--preset", "huge"], "--preset 'huge' is invalid")])
+                                          (["reproduce", "--preset", "huge"], "preset='huge' is invalid")])
 def test_cli_bad_input(argv, needle, capsys):
     assert cli_main(argv) == 2
     err = capsys.readouterr().err.strip()

@@ -76,7 +76,8 @@ def _stepper(p, corpus, student, teachers, kind: str, folder: str):
 
     def step(batch: dict) -> None:
         batch = {k: v.to(trainer.args.device) for k, v in batch.items()}
-        n = (batch["labels"] != -100).sum()
+        # a causal LM's trainer counts its next-token positions itself (None); the MLM one gets the masked count
+        n = None if p.task == "clm" else (batch["labels"] != -100).sum()
         with trainer.autocast_smart_context_manager():  # bf16 where training uses it
             loss = trainer.compute_loss(model, batch, num_items_in_batch=n)
         loss.backward()
@@ -90,17 +91,14 @@ def measure_step_costs(p, corpus, kinds: list[str], rounds: int = 5, steps_per_r
     """Seconds per optimizer step of each kind (median over ``rounds``, one warm-up round discarded)."""
     import transformers
 
-    from .text import student_config
+    from .text import collator_for, new_model
 
     transformers.set_seed(0)
-    cfg = student_config(p, corpus)
-    student = transformers.BertForMaskedLM(cfg)
+    student = new_model(p, corpus)  # the preset's task: MLM (BERT) or causal-LM (GPT-2) steps
     n_teachers = max([int(k[2:]) for k in kinds if k.startswith("kd")] + [1 if "post" in kinds else 0])
     # Teachers of the preset's shape with random weights: a forward costs the same whatever the weights are.
-    teachers = [transformers.BertForMaskedLM(cfg) for _ in range(n_teachers)]
-    from ..text.masking import PremaskedAwareCollator
-
-    batches = _batches(corpus, PremaskedAwareCollator(corpus.tokenizer, p.mlm_probability), p.batch_size, 4)
+    teachers = [new_model(p, corpus) for _ in range(n_teachers)]
+    batches = _batches(corpus, collator_for(p, corpus.tokenizer), p.batch_size, 4)
     times: dict[str, list[float]] = {k: [] for k in kinds}
     with tempfile.TemporaryDirectory() as tmp:
         steppers = {k: _stepper(p, corpus, student, teachers, k, tmp) for k in kinds}

@@ -97,7 +97,7 @@ def run_job(ctx: Context, job: Job, teachers: dict) -> dict:
         shutil.rmtree(run_dir)  # nothing to resume from, or made with other settings: start clean
     run_dir.mkdir(parents=True, exist_ok=True)
     started.write_text(json.dumps(key))
-    models = [text.load_teacher(teachers[t]["path"]) for t in v.teachers]
+    models = [text.load_teacher(teachers[t]["path"], ctx.preset.task) for t in v.teachers]
     tr = text.train_one(ctx.preset, corpus, run_dir, job.steps, job.seed, models, v, progress=False,
                         save_every=ctx.save_every)
     run = {"variant": v.name, "role": v.role, "seed": job.seed, "steps": job.steps, "run_dir": str(run_dir),

@@ -26,7 +26,9 @@ AXES = {"gpu_hours": "GPU-hours (measured)", "calibrated": "calibrated cost (bas
 # What "quality" means per task: the headline key, its direction, and a secondary key shown in the table.
 METRICS = {
     "text": {"key": "eval_loss", "higher_is_better": False, "label": "held-out MLM loss", "secondary": "eval_accuracy",
-             "secondary_label": "masked acc."},
+             "secondary_label": "masked acc.", "unigram_of": "masked tokens'"},
+    "clm": {"key": "eval_loss", "higher_is_better": False, "label": "held-out next-token loss",
+            "secondary": "eval_accuracy", "secondary_label": "next-token acc.", "unigram_of": "next tokens'"},
     "vision": {"key": "top1", "higher_is_better": True, "label": "top-1 accuracy", "secondary": "top5",
                "secondary_label": "top-5"},
 }
@@ -163,14 +165,15 @@ def rerender(output_dir: str | Path, check: bool = False) -> dict:
     """
     out = Path(output_dir)
     results = json.loads((out / "results.json").read_text())
-    task = "vision" if results.get("metric", {}).get("key") == "top1" else "text"
+    label = results.get("metric", {}).get("label")
+    task = next((t for t, m in METRICS.items() if m["label"] == label), "text")
     for r in results["runs"]:
         if "log_history" in r:
             continue
         run_dir = Path(r["run_dir"])
         if not run_dir.exists():
             run_dir = out / "runs" / run_dir.name
-        if task == "text":
+        if task != "vision":
             r["log_history"] = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
         else:
             r["log_history"] = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x]
@@ -192,7 +195,8 @@ def _regime_lines(results: dict, table: dict, metric: dict) -> str:
     h = reg.get("unigram_entropy")
     if h is not None:
         d = h - table["baseline"]["final_quality"]["mean"]
-        lines.append(f"- validation unigram entropy (the loss of predicting the masked tokens' own frequencies: no "
+        lines.append(f"- validation unigram entropy (the loss of predicting the {metric.get('unigram_of', 'tokens')} own "
+                     "frequencies: no "
                      f"context-free model does better): {h:.4f} nats; the baseline ends {abs(d):.3f} nats "
                      f"{'below' if d >= 0 else 'ABOVE'} it")
     for n, m in results["teachers"].items():

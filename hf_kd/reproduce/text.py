@@ -4,6 +4,7 @@
     hf-kd reproduce --full                           # every variant (poor teacher, ensembles, 0.5x frontier)
     hf-kd reproduce --corpus my_corpus.jsonl         # a local .txt/.jsonl instead of the built-in corpus
     hf-kd reproduce --preset bert-base-c4            # print the real-scale protocol (add --launch to run it)
+    hf-kd reproduce --task clm                       # the same protocol for a tiny GPT-2 (next-token loss)
 
 Protocol (Blakeney et al. 2022, Sec. 4): teachers are pretrained once with plain MLM and cached (the
 paper's "recycle": their cost is sunk and shown separately). Students share seed, data order, masking and
@@ -12,6 +13,8 @@ and a 3-teacher ensemble with ``mean`` and with ``sample``. Baselines at other b
 LR schedule, give the budget frontier. Quality = held-out MLM loss on a validation set masked once; cost =
 measured GPU-hours (teacher forwards included) and a calibrated cost (``calibrate``) that verdicts use.
 Every run is repeated for each seed; finished runs are reused and half-finished ones resumed (``jobs``).
+A preset with ``task="clm"`` runs the same protocol for causal LMs (GPT-2 students and teachers, next-token
+labels, quality = held-out next-token loss); its model, collator and regime line are in ``clm``.
 """
 
 from __future__ import annotations
@@ -33,8 +36,12 @@ from ..text.data import cache_root, tokenize_and_chunk, train_wordpiece_tokenize
 from ..text.masking import PremaskedAwareCollator, premask
 from ..text.models import preset_config
 from ..text.trainer import DistillationTrainer
+from .clm import clm_collator, clm_model, next_token_unigram_entropy
 
 logger = logging.getLogger(__name__)
+
+
+TASKS = ("mlm", "clm")
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,11 @@ class TinyPreset:
     max_eval_samples: int | None = None  # validation sequences kept (a stream's first ones)
     recycled_teacher: str | None = None  # a pretrained MLM (path or Hub id) used as teacher "good", not trained
     bf16: bool = False  # on a GPU only
+    task: str = "mlm"  # "clm": GPT-style students and teachers (``clm_preset_config``), next-token loss
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise UserError(f"preset task={self.task!r} is invalid: expected one of {', '.join(TASKS)}")
 
 
 TEACHER_KEY_FIELDS = ("model_preset", "vocab_size", "max_seq_length", "batch_size", "learning_rate", "warmup_ratio",
@@ -145,7 +157,8 @@ def load_corpus(p: TinyPreset, corpus_path: str | None) -> Corpus:
         n = p.max_eval_samples or 1024
         val = datasets.Dataset.from_list(list(val.take(n)) if isinstance(val, datasets.IterableDataset)
                                          else [val[i] for i in range(min(n, len(val)))])
-    val = premask(val, tokenizer, p.mlm_probability)
+    if p.task == "mlm":  # masked once, so every evaluation scores the same positions; a causal LM needs no mask
+        val = premask(val, tokenizer, p.mlm_probability)
     n_train = None if isinstance(train, datasets.IterableDataset) else len(train)
     fp = hashlib.sha256(("\0".join(texts[:50]) + str(n_train) + str(len(val))).encode()).hexdigest()[:12]
     stats = {"train_sequences": n_train, "val_sequences": len(val)}
@@ -176,12 +189,23 @@ def student_config(p: TinyPreset, corpus: Corpus) -> transformers.BertConfig:
                          max_position_embeddings=max(512, p.max_seq_length), pad_token_id=corpus.tokenizer.pad_token_id)
 
 
+def new_model(p: TinyPreset, corpus: Corpus) -> transformers.PreTrainedModel:
+    """A fresh student (or teacher) of the preset's size and task, initialised from the current seed."""
+    if p.task == "clm":
+        return clm_model(p, corpus)
+    return transformers.BertForMaskedLM(student_config(p, corpus))
+
+
+def collator_for(p: TinyPreset, tokenizer):
+    return clm_collator(tokenizer) if p.task == "clm" else PremaskedAwareCollator(tokenizer, p.mlm_probability)
+
+
 def trainer_for(p: TinyPreset, corpus: Corpus, model, teachers, args: DistillationTrainingArguments
                 ) -> DistillationTrainer:
     trainer = DistillationTrainer(
         model=model, teacher_model=list(teachers) or None, args=args, train_dataset=corpus.train,
-        eval_dataset=corpus.val, processing_class=corpus.tokenizer,
-        data_collator=PremaskedAwareCollator(corpus.tokenizer, p.mlm_probability), compute_metrics=_accuracy)
+        eval_dataset=corpus.val, processing_class=corpus.tokenizer, data_collator=collator_for(p, corpus.tokenizer),
+        compute_metrics=_next_token_accuracy if p.task == "clm" else _accuracy)
     if args.disable_tqdm:  # no progress bar wanted: no per-log dict printed either (parallel workers stay quiet)
         trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
     return trainer
@@ -194,7 +218,7 @@ def train_one(p: TinyPreset, corpus: Corpus, out: Path, steps: int, seed: int, t
     With ``save_every``, checkpoints are written and a complete one already in ``out`` is resumed from.
     """
     transformers.set_seed(seed)
-    model = transformers.BertForMaskedLM(student_config(p, corpus))
+    model = new_model(p, corpus)
     trainer = trainer_for(p, corpus, model, teachers, training_args(p, out, steps, seed, v, progress, save_every))
     resume = latest_complete_checkpoint(out) if save_every else None
     if resume:
@@ -206,9 +230,12 @@ def train_one(p: TinyPreset, corpus: Corpus, out: Path, steps: int, seed: int, t
     return trainer
 
 
-def unigram_entropy(val) -> float:
+def unigram_entropy(val, pad_token_id: int | None = None) -> float:
     """Entropy (nats) of the masked tokens' frequencies in the validation set: the loss of the best predictor
-    that ignores context, i.e. the level a student has to get below to have learnt anything from context."""
+    that ignores context, i.e. the level a student has to get below to have learnt anything from context.
+    A causal LM's validation set has no labels: the next-token targets' frequencies are used instead."""
+    if "labels" not in val.column_names:
+        return next_token_unigram_entropy(val, pad_token_id)
     counts = torch.bincount(torch.tensor([t for row in val["labels"] for t in row if t != -100]))
     probs = counts[counts > 0].double() / counts.sum()
     return float(-(probs * probs.log()).sum())
@@ -218,6 +245,12 @@ def _accuracy(eval_pred):
     from ..text.pretrain import mlm_accuracy
 
     return mlm_accuracy(eval_pred)
+
+
+def _next_token_accuracy(eval_pred):
+    from ..text.pretrain import next_token_accuracy
+
+    return next_token_accuracy(eval_pred)
 
 
 def teacher_steps(p: TinyPreset) -> dict[str, tuple[int, int]]:
@@ -262,7 +295,21 @@ def ensure_teacher(name: str, p: TinyPreset, corpus: Corpus, progress: bool = Tr
         return {"steps": steps, "seed": seed, "gpu_hours": trainer.cost_callback.meter.gpu_hours,
                 "final_quality": [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e][-1]}
 
-    return cached_teacher("teachers", name, teacher_key(name, p, corpus), train)
+    return cached_teacher(teacher_kind(p), name, teacher_key(name, p, corpus), train)
+
+
+def teacher_kind(p: TinyPreset) -> str:
+    """The cache folder of the preset's teachers: causal-LM teachers are kept apart from the MLM ones."""
+    return "clm_teachers" if p.task == "clm" else "teachers"
+
+
+def preset_key(p: TinyPreset) -> dict:
+    """The preset as part of every run's key; ``task`` only when not MLM, so MLM runs made before it existed
+    are still recognised as finished."""
+    d = asdict(p)
+    if d["task"] == "mlm":
+        del d["task"]
+    return d
 
 
 def teacher_key(name: str, p: TinyPreset, corpus: Corpus) -> list:
@@ -275,7 +322,7 @@ def teacher_steps_to_train(name: str, p: TinyPreset, corpus: Corpus) -> int:
     """Steps this teacher still needs: 0 when recycled or already cached."""
     if p.recycled_teacher and name == "good":
         return 0
-    done = (cache_folder("teachers", name, teacher_key(name, p, corpus)) / "teacher.json").is_file()
+    done = (cache_folder(teacher_kind(p), name, teacher_key(name, p, corpus)) / "teacher.json").is_file()
     return 0 if done else teacher_steps(p)[name][0]
 
 
@@ -284,15 +331,16 @@ def recycled_teacher_meta(p: TinyPreset, corpus: Corpus) -> dict:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = trainer_for(p, corpus, load_teacher(p.recycled_teacher), (),
+        trainer = trainer_for(p, corpus, load_teacher(p.recycled_teacher, p.task), (),
                               training_args(p, Path(tmp), 1, 0, report_progress=False))
         metrics = trainer.evaluate()
     return {"steps": "recycled", "seed": None, "gpu_hours": 0.0, "source": p.recycled_teacher,
             "final_quality": metrics["eval_loss"], "final_accuracy": metrics.get("eval_accuracy")}
 
 
-def load_teacher(path: str):
-    return transformers.AutoModelForMaskedLM.from_pretrained(path)
+def load_teacher(path: str, task: str = "mlm"):
+    auto = transformers.AutoModelForCausalLM if task == "clm" else transformers.AutoModelForMaskedLM
+    return auto.from_pretrained(path)
 
 
 def save_corpus(corpus: Corpus, folder: Path) -> None:
@@ -343,7 +391,7 @@ def run_tiny(output_dir: str, corpus_path: str | None = None, seeds: int = 1, pr
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     corpus = load_corpus(p, corpus_path)
-    ctx = Context(p, corpus, save_every=2 * p.eval_every, key={"preset": asdict(p), "corpus": corpus.fingerprint})
+    ctx = Context(p, corpus, save_every=2 * p.eval_every, key={"preset": preset_key(p), "corpus": corpus.fingerprint})
     jobs = plan_jobs(p, vs, seeds, out)
     calibration = None
     if calibrate:
@@ -362,6 +410,6 @@ def run_tiny(output_dir: str, corpus_path: str | None = None, seeds: int = 1, pr
     names = [v.name for v in vs]
     runs.sort(key=lambda r: (r["seed"], names.index(r["variant"])))
     results = {"preset": asdict(p), "corpus": corpus.name, "corpus_stats": corpus.stats,
-               "regime": {"unigram_entropy": unigram_entropy(corpus.val)}, "calibration": calibration,
+               "regime": {"unigram_entropy": unigram_entropy(corpus.val, corpus.tokenizer.pad_token_id)}, "calibration": calibration,
                "teachers": {n: t["meta"] for n, t in teachers.items()}, "runs": runs}
-    return write_report(results, out)
+    return write_report(results, out, "clm" if p.task == "clm" else "text")
