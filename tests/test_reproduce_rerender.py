@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from hf_kd.cli import main as cli_main
 from hf_kd.reproduce.report import write_report
 
@@ -52,15 +54,16 @@ def test_rerender_check_rejects_an_edited_or_stale_report(tmp_path, capsys):
     assert md.read_text() == text  # ... gives back what the logs say
 
 
-def test_checked_in_builtin_report_follows_from_its_run_logs(tmp_path):
-    """docs/reproduce_builtin.md must be what the checked-in code makes of its run logs (no stale numbers)."""
+@pytest.mark.parametrize("name", ["reproduce_builtin", "reproduce_clm"])
+def test_checked_in_report_follows_from_its_run_logs(tmp_path, name):
+    """docs/reproduce_*.md must be what the checked-in code makes of its run logs (no stale numbers)."""
     import shutil
     from pathlib import Path
 
     docs = Path(__file__).resolve().parents[1] / "docs"
     marker = "<!-- results.md of that run, verbatim"
-    text = (docs / "reproduce_builtin.md").read_text()
+    text = (docs / f"{name}.md").read_text()
     assert marker in text
     (tmp_path / "results.md").write_text(text.split(marker, 1)[1].split("-->\n\n", 1)[1])
-    shutil.copy(docs / "reproduce_builtin.json", tmp_path / "results.json")
+    shutil.copy(docs / f"{name}.json", tmp_path / "results.json")
     assert cli_main(["reproduce", "--rerender", "--check", "--output_dir", str(tmp_path)]) == 0

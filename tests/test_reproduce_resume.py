@@ -146,3 +146,24 @@ def test_parallel_workers_train_the_same_runs(tiny, tmp_path):
     assert final2 == pytest.approx(final, rel=1e-4) and set(final) == {"baseline", "baseline_0.5x", "kd_stop50"}
     assert (tmp_path / "two" / "corpus" / "corpus.json").is_file()  # the workers read the saved corpus
     assert all((tmp_path / "two" / "runs" / f"{n}-seed0" / "run_result.json").is_file() for n in final)
+
+
+def test_report_to_reaches_every_students_trainer(tiny, tmp_path, monkeypatch):
+    """--report_to (a tracker) is passed to each student's Trainer; it is not part of a run's key (no retraining)."""
+    p, corpus = tiny
+    seen = []
+    real = text.trainer_for
+
+    def recording(p_, corpus_, model, teachers, args):
+        seen.append(args.report_to)
+        return real(p_, corpus_, model, teachers, args)
+
+    monkeypatch.setattr(text, "trainer_for", recording)
+    monkeypatch.setattr(transformers.trainer, "get_reporting_integration_callbacks", lambda names: [])  # no tensorboard here
+    out = tmp_path / "out"
+    text.run_tiny(str(out), corpus, 1, p, ["kd_full"], full=False, calibrate=False, report_to="tensorboard")
+    students = [r for r in seen if r]
+    assert students and all(r == ["tensorboard"] for r in students), seen
+    seen.clear()
+    text.run_tiny(str(out), corpus, 1, p, ["kd_full"], full=False, calibrate=False)  # same runs, no tracker
+    assert seen == [], "a tracker change retrained finished runs"

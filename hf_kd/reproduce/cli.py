@@ -38,6 +38,9 @@ class ReproduceArguments:
     override: list[str] | None = field(default=None, metadata={
         "help": "KEY=VALUE pairs replacing preset fields, e.g. a CPU rehearsal of gpu-small: model_preset=tiny "
                 "batch_size=4 tokenizer_name=PATH recycled_teacher=PATH streaming=false bf16=false."})
+    report_to: str = field(default="none", metadata={
+        "help": "Tracker for every student's Trainer run (tensorboard, wandb, ...: transformers' --report_to values; "
+                "text and clm tasks), logged under each run's folder. 'none': the report files only."})
     launch: bool = field(default=False, metadata={"help": "bert-base-c4: run the printed commands (resumable)."})
     rerender: bool = field(default=False, metadata={"help": "Only rebuild results.md/.json and the plots of a "
                                                             "finished --output_dir from its runs' logs."})
@@ -64,7 +67,7 @@ def _text(a: ReproduceArguments) -> dict:
         p = scale_steps(p, a.steps)
     workers = 1 if p.streaming or a.preset == "gpu-small" else a.workers
     return run_tiny(a.output_dir, a.corpus, a.seeds or DEFAULT_SEEDS[a.preset], p, a.only, full=a.full,
-                    workers=workers, threads=a.threads)
+                    workers=workers, threads=a.threads, report_to=a.report_to)
 
 
 def reproduce(argv: list[str] | None = None) -> dict | None:

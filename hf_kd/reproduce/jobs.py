@@ -44,6 +44,7 @@ class Context:
     corpus_dir: str | None = None
     save_every: int | None = None
     key: dict = field(default_factory=dict)  # preset + corpus fingerprint, part of every run's key
+    report_to: str = "none"  # the students' tracker (not part of the key: it does not change a result)
 
 
 _WORKER_CORPUS: dict[str, object] = {}
@@ -99,7 +100,7 @@ def run_job(ctx: Context, job: Job, teachers: dict) -> dict:
     started.write_text(json.dumps(key))
     models = [text.load_teacher(teachers[t]["path"], ctx.preset.task) for t in v.teachers]
     tr = text.train_one(ctx.preset, corpus, run_dir, job.steps, job.seed, models, v, progress=False,
-                        save_every=ctx.save_every)
+                        save_every=ctx.save_every, report_to=ctx.report_to)
     run = {"variant": v.name, "role": v.role, "seed": job.seed, "steps": job.steps, "run_dir": str(run_dir),
            "teachers": list(v.teachers), "kd_stop_ratio": v.kd_stop_ratio, "selection": v.selection,
            "teacher_forwards": tr.teacher_forwards,  # whole run, across resumes (checkpointed)

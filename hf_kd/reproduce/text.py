@@ -169,12 +169,13 @@ def load_corpus(p: TinyPreset, corpus_path: str | None) -> Corpus:
 
 
 def training_args(p: TinyPreset, out: Path, steps: int, seed: int, v: Variant | None = None,
-                  report_progress: bool = True, save_every: int | None = None) -> DistillationTrainingArguments:
+                  report_progress: bool = True, save_every: int | None = None,
+                  report_to: str = "none") -> DistillationTrainingArguments:
     return DistillationTrainingArguments(
         output_dir=str(out), max_steps=steps, per_device_train_batch_size=p.batch_size,
         per_device_eval_batch_size=64, learning_rate=p.learning_rate, warmup_steps=p.warmup_ratio,
         lr_scheduler_type="linear", weight_decay=0.01, seed=seed, data_seed=seed, eval_strategy="steps",
-        eval_steps=p.eval_every, logging_steps=p.eval_every, report_to="none",
+        eval_steps=p.eval_every, logging_steps=p.eval_every, report_to=report_to,
         # Checkpoints let an interrupted run resume (hf-kd reproduce reruns pick them up); one is kept.
         save_strategy="steps" if save_every else "no", save_steps=save_every or 500, save_total_limit=1,
         use_cpu=not torch.cuda.is_available(), bf16=getattr(p, "bf16", False) and torch.cuda.is_available(),
@@ -212,14 +213,15 @@ def trainer_for(p: TinyPreset, corpus: Corpus, model, teachers, args: Distillati
 
 
 def train_one(p: TinyPreset, corpus: Corpus, out: Path, steps: int, seed: int, teachers=(), v: Variant | None = None,
-              progress: bool = True, save_every: int | None = None) -> DistillationTrainer:
+              progress: bool = True, save_every: int | None = None, report_to: str = "none") -> DistillationTrainer:
     """Train a student (or teacher: no ``teachers``) from a fresh ``seed`` init; returns the finished trainer.
 
     With ``save_every``, checkpoints are written and a complete one already in ``out`` is resumed from.
     """
     transformers.set_seed(seed)
     model = new_model(p, corpus)
-    trainer = trainer_for(p, corpus, model, teachers, training_args(p, out, steps, seed, v, progress, save_every))
+    trainer = trainer_for(p, corpus, model, teachers, training_args(p, out, steps, seed, v, progress, save_every,
+                                                                            report_to))
     resume = latest_complete_checkpoint(out) if save_every else None
     if resume:
         logger.info("resuming %s from %s", out.name, resume)
@@ -380,8 +382,10 @@ def plan_jobs(p: TinyPreset, vs: list[Variant], seeds: int, out: Path) -> list:
 
 def run_tiny(output_dir: str, corpus_path: str | None = None, seeds: int = 1, preset: TinyPreset | None = None,
              only: list[str] | None = None, full: bool = True, workers: int = 1, threads: int = 1,
-             calibrate: bool = True) -> dict:
-    """Run the protocol (resumable: finished runs are reused); returns the results dict (also in ``output_dir``)."""
+             calibrate: bool = True, report_to: str = "none") -> dict:
+    """Run the protocol (resumable: finished runs are reused); returns the results dict (also in ``output_dir``).
+
+    ``report_to``: the students' Trainer tracker(s) (``"tensorboard"``, ``"wandb"``, ...; one run each)."""
     from .calibrate import kinds_for, load_or_measure, measure_step_costs
     from .jobs import Context, execute, log_plan
     from .report import write_report
@@ -391,7 +395,8 @@ def run_tiny(output_dir: str, corpus_path: str | None = None, seeds: int = 1, pr
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     corpus = load_corpus(p, corpus_path)
-    ctx = Context(p, corpus, save_every=2 * p.eval_every, key={"preset": preset_key(p), "corpus": corpus.fingerprint})
+    ctx = Context(p, corpus, save_every=2 * p.eval_every, key={"preset": preset_key(p), "corpus": corpus.fingerprint},
+                  report_to=report_to)
     jobs = plan_jobs(p, vs, seeds, out)
     calibration = None
     if calibrate:
@@ -405,7 +410,7 @@ def run_tiny(output_dir: str, corpus_path: str | None = None, seeds: int = 1, pr
                                                  if j.variant is None))
     if workers > 1:
         save_corpus(corpus, out / "corpus")
-        ctx = Context(p, None, str(out / "corpus"), ctx.save_every, ctx.key)
+        ctx = Context(p, None, str(out / "corpus"), ctx.save_every, ctx.key, report_to)
     teachers, runs = execute(jobs, ctx, workers, threads)
     names = [v.name for v in vs]
     runs.sort(key=lambda r: (r["seed"], names.index(r["variant"])))
