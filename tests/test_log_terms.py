@@ -66,12 +66,12 @@ from pathlib import Path
 sys.path.insert(0, {repo!r})
 import torch
 torch.set_num_threads(1)
-from tests.dist_worker import build_trainer
+from tests.dist_worker import build_trainer, exit_cleanly
 out = Path(sys.argv[1])
 trainer = build_trainer("ddp", out, 2, teachers=0, max_steps=2, kd_stop=0, average_tokens_across_devices=False)
 trainer.train()
 (out / f"rank{{trainer.args.process_index}}.json").write_text(json.dumps(trainer.state.log_history))
-torch.distributed.destroy_process_group()  # a clean exit: gloo threads left running can abort the interpreter
+exit_cleanly()  # barrier, then exit without the interpreter teardown that was seen to abort gloo ranks
 """
 
 
