@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import UserError
 
@@ -90,3 +91,15 @@ def push_folder(folder: str | Path, repo_id: str, token: str | None = None, priv
     url = getattr(info, "commit_url", None) or str(info)
     logger.info("pushed %s to %s", folder, url)
     return url
+
+
+def run_card_rows(f: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The model-card table rows every task shares: data, steps, batch, processes and the two GPU-hour costs."""
+    return [
+        ("training data", f["training_data"]),
+        ("optimizer steps", f"{f['train_steps']} of {f['max_steps']}"),
+        ("global batch", f["global_batch_size"]),
+        ("processes (devices)", f["num_processes"]),
+        ("GPU-hours (training)", f"{f['gpu_hours']:.4g}"),
+        ("GPU-hours (evaluation)", f"{f['eval_gpu_hours']:.4g}"),
+    ]

@@ -54,7 +54,7 @@ def _corpus(ctx: Context):
     if ctx.corpus is not None:
         return ctx.corpus
     if ctx.corpus_dir not in _WORKER_CORPUS:
-        from .text import load_saved_corpus
+        from .corpus import load_saved_corpus
 
         _WORKER_CORPUS[ctx.corpus_dir] = load_saved_corpus(Path(ctx.corpus_dir))
     return _WORKER_CORPUS[ctx.corpus_dir]

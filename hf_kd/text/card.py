@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..core.hub import PAPER, TAGS, HubSettings, push_folder
+from ..core.hub import PAPER, TAGS, HubSettings, push_folder, run_card_rows
 
 if TYPE_CHECKING:
     from huggingface_hub import ModelCard
@@ -97,14 +97,7 @@ def _card_text(name: str, f: dict[str, Any]) -> str:
     else:
         kd = "No teacher: the no-KD baseline, trained through the same loss path."
         rows.append(("teachers", "none (no KD)"))
-    rows += [
-        ("training data", f["training_data"]),
-        ("optimizer steps", f"{f['train_steps']} of {f['max_steps']}"),
-        ("global batch", f["global_batch_size"]),
-        ("processes (devices)", f["num_processes"]),
-        ("GPU-hours (training)", f"{f['gpu_hours']:.4g}"),
-        ("GPU-hours (evaluation)", f"{f['eval_gpu_hours']:.4g}"),
-    ]
+    rows += run_card_rows(f)
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     evals = "\n".join(f"- {k}: {f[k]:.4g}" for k in EVAL_KEYS if k in f)
     if f["task"] == "clm":

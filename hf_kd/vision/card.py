@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..core.hub import PAPER, TAGS, HubSettings, push_folder
+from ..core.hub import PAPER, TAGS, HubSettings, push_folder, run_card_rows
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +56,7 @@ def card_text(name: str, f: dict[str, Any], pushed: bool = False) -> str:
         ("temperature", f["kd_temperature"] if kd else "n/a"),
         ("KD stop step", f["kd_stop_step"] if kd else "n/a"),
         ("teacher selection / divergence", f"{f['kd_teacher_selection']} / {f['kd_divergence']}" if kd else "n/a"),
-        ("training data", f["training_data"]),
-        ("optimizer steps", f"{f['train_steps']} of {f['max_steps']}"),
-        ("global batch", f["global_batch_size"]),
-        ("processes (devices)", f["num_processes"]),
-        ("GPU-hours (training)", f"{f['gpu_hours']:.4g}"),
-        ("GPU-hours (evaluation)", f"{f['eval_gpu_hours']:.4g}"),
-    ]
+    ] + run_card_rows(f)
     rows += [(k, f"{f[k]:.4f}") for k in METRIC_KEYS if f.get(k) is not None]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     title = name if pushed else Path(name).name
