@@ -34,13 +34,17 @@ class ReproduceArguments:
     steps: int | None = field(default=None, metadata={"help": "Override the students' step budget (teachers scale "
                                                                "with it); for quick looks, not for claims."})
     only: list[str] | None = field(default=None, metadata={"help": "Run only these variants (and the baselines); "
-                                                                   "an unknown name is an error listing them."})
+                                                                   "an unknown name is an error listing them. With "
+                                                                   "--study: only these cells."})
     override: list[str] | None = field(default=None, metadata={
         "help": "KEY=VALUE pairs replacing preset fields, e.g. a CPU rehearsal of gpu-small: model_preset=tiny "
                 "batch_size=4 tokenizer_name=PATH recycled_teacher=PATH streaming=false bf16=false."})
     report_to: str = field(default="none", metadata={
         "help": "Tracker for every student's Trainer run (tensorboard, wandb, ...: transformers' --report_to values; "
                 "text and clm tasks), logged under each run's folder. 'none': the report files only."})
+    study: bool = field(default=False, metadata={
+        "help": "Run the regime study (where KD pays: budget, teacher strength, KD positions, alpha/T; "
+                "docs/regime_study.md) into --output_dir; --only picks cells, --rerender [--check] rebuilds it."})
     launch: bool = field(default=False, metadata={"help": "bert-base-c4: run the printed commands (resumable)."})
     rerender: bool = field(default=False, metadata={"help": "Only rebuild results.md/.json and the plots of a "
                                                             "finished --output_dir from its runs' logs."})
@@ -53,6 +57,9 @@ def _validate(a: ReproduceArguments) -> None:
         if getattr(a, flag) is not None and getattr(a, flag) < 1:
             raise UserError(f"--{flag} {getattr(a, flag)} is invalid: expected an integer >= 1")
     # --preset and --task outside their choices are refused by the parser (one line, listing them)
+    if a.study and (a.task != "text" or a.preset != "tiny"):
+        raise UserError(f"--study with --task {a.task} --preset {a.preset} is invalid: expected --task text --preset "
+                        "tiny (the study varies the tiny MLM protocol)")
     if a.task == "clm" and a.preset != "tiny" and not a.rerender:
         raise UserError(f"--preset {a.preset!r} with --task {a.task} is invalid: expected --preset tiny (the "
                         "other presets are MLM protocols)")
@@ -73,7 +80,14 @@ def _text(a: ReproduceArguments) -> dict:
 def reproduce(argv: list[str] | None = None) -> dict | None:
     (a,) = parse_args((ReproduceArguments,), argv, prog="hf-kd reproduce")
     _validate(a)
-    if a.rerender:
+    if a.study:
+        from pathlib import Path
+
+        from . import study
+
+        results = (study.check(Path(a.output_dir)) if a.check else study.render(Path(a.output_dir))) if a.rerender \
+            else study.run_study(a.output_dir, a.seeds or 3, a.workers, a.threads, only_cells=a.only)
+    elif a.rerender:
         from .report import rerender
 
         results = rerender(a.output_dir, check=a.check)
@@ -89,5 +103,6 @@ def reproduce(argv: list[str] | None = None) -> dict | None:
         results = _text(a)
     print(results["markdown"])
     if results["plots"]:
-        print(f"results: {a.output_dir}/results.json, {a.output_dir}/results.md, plots: {', '.join(results['plots'])}")
+        name = "study" if a.study else "results"
+        print(f"results: {a.output_dir}/{name}.json, {a.output_dir}/{name}.md, plots: {', '.join(results['plots'])}")
     return results

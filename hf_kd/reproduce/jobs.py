@@ -2,6 +2,10 @@
 
 * A finished run is recognised by its ``run_result.json`` (written atomically after the final evaluation) whose
   ``key`` matches what the run would be now (preset, corpus, variant, seed, steps, teachers): it is reused.
+  Keys are compared on what shapes the training (:func:`comparable`): a run without teachers ignores the KD
+  settings, the budget it is a frontier point of and its variant's name, so a 800-step baseline is one run
+  whether it is the 2x point of a 400-step protocol or the 1x baseline of an 800-step one (the regime study
+  shares them across its cells); no run depends on the frontier list.
 * A half-finished run resumes from its newest complete checkpoint.
 * With ``workers > 1`` the trainings go to that many spawned processes, each with ``threads`` torch threads
   (on 2 CPU cores two single-thread trainings side by side finish the grid in about half the time).
@@ -67,12 +71,30 @@ def run_key(ctx: Context, job: Job, teachers: dict) -> dict:
     return json.loads(json.dumps(key, default=str))  # as it reads back from run_result.json (tuples -> lists)
 
 
+# Preset fields that do not change a training without teachers (the KD knobs, the teachers' budgets, the
+# protocol's budget and frontier: the run's own step count is in the key).
+KD_ONLY_FIELDS = ("steps", "frontier", "kd_alpha", "kd_temperature", "kd_positions", "good_teacher_steps",
+                  "second_teacher_steps", "poor_teacher_steps", "recycled_teacher")
+
+
+def comparable(key: dict) -> dict:
+    """``key`` without what does not shape the run (applied to saved and new keys alike: old results match)."""
+    key = json.loads(json.dumps(key))
+    preset = key.get("preset", {})
+    preset.pop("frontier", None)  # which frontier points a protocol draws changes no single run
+    if not key.get("teachers"):
+        for k in KD_ONLY_FIELDS:
+            preset.pop(k, None)
+        key.pop("variant", None)  # its name, budget and role: the run is steps + seed + preset
+    return key
+
+
 def finished(run_dir: Path, key: dict) -> dict | None:
-    """The saved result of a finished run with this ``key``, else ``None``."""
+    """The saved result of a finished run with this ``key`` (compared by :func:`comparable`), else ``None``."""
     f = run_dir / RESULT
     if f.is_file():
         saved = json.loads(f.read_text())
-        if saved.get("key") == key:
+        if comparable(saved.get("key") or {}) == comparable(key):
             return saved["run"]
         logger.info("%s was run with other settings: training it again", run_dir.name)
     return None
@@ -90,10 +112,10 @@ def run_job(ctx: Context, job: Job, teachers: dict) -> dict:
     v, run_dir = job.variant, Path(job.run_dir)
     key = run_key(ctx, job, teachers)
     done = finished(run_dir, key)
-    if done is not None:
-        return done
+    if done is not None:  # possibly made for another role (a frontier point reused as a 1x baseline)
+        return {**done, "variant": v.name, "role": v.role}
     started = run_dir / "run_key.json"  # what the checkpoints in run_dir were trained for
-    resumable = started.is_file() and json.loads(started.read_text()) == key
+    resumable = started.is_file() and comparable(json.loads(started.read_text())) == comparable(key)
     if run_dir.is_dir() and not (resumable and text.latest_complete_checkpoint(run_dir)):
         shutil.rmtree(run_dir)  # nothing to resume from, or made with other settings: start clean
     run_dir.mkdir(parents=True, exist_ok=True)

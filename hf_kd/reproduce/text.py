@@ -289,24 +289,38 @@ def load_teacher(path: str, task: str = "mlm"):
     return auto.from_pretrained(path)
 
 
-def plan_jobs(p: TinyPreset, vs: list[Variant], seeds: int, out: Path) -> list:
+def run_dir_for(v: Variant, steps: int, seed: int, out: Path, baseline_dir: Path | None = None) -> Path:
+    """``out/runs/<variant>-seed<i>``; runs without teachers go to ``baseline_dir`` (when given) by step count,
+    where protocols with other budgets find and reuse them (the regime study's cells share one)."""
+    if baseline_dir is not None and not v.teachers:
+        return baseline_dir / f"baseline-{steps}steps-seed{seed}"
+    return out / "runs" / f"{v.name}-seed{seed}"
+
+
+def plan_jobs(p: TinyPreset, vs: list[Variant], seeds: int, out: Path, baseline_dir: Path | None = None) -> list:
     """Teachers first, then the longest trainings first (so parallel workers finish together)."""
     from .jobs import Job
 
     order = list(teacher_steps(p))
     needed = sorted({t for v in vs for t in v.teachers}, key=order.index)
     jobs = [Job(n, steps=teacher_steps(p)[n][0]) for n in needed]
-    runs = [Job(v.name, seed, int(round(p.steps * v.budget)), v, str(out / "runs" / f"{v.name}-seed{seed}"),
+    steps = {v.name: int(round(p.steps * v.budget)) for v in vs}
+    runs = [Job(v.name, seed, steps[v.name], v, str(run_dir_for(v, steps[v.name], seed, out, baseline_dir)),
                 tuple(v.teachers)) for seed in range(seeds) for v in vs]
+    same = [(a.name, b.name) for i, a in enumerate(runs) for b in runs[i + 1:] if a.run_dir == b.run_dir]
+    if same:  # two parallel trainings into one folder would corrupt it
+        raise UserError(f"variants {same[0][0]} and {same[0][1]} are both a {steps[same[0][0]]}-step baseline: "
+                        "expected frontier budgets that round to distinct step counts")
     return jobs + sorted(runs, key=lambda j: (bool(j.needs), -j.steps))
 
 
 def run_tiny(output_dir: str, corpus_path: str | None = None, seeds: int = 1, preset: TinyPreset | None = None,
              only: list[str] | None = None, full: bool = True, workers: int = 1, threads: int = 1,
-             calibrate: bool = True, report_to: str = "none") -> dict:
+             calibrate: bool = True, report_to: str = "none", baseline_dir: str | None = None) -> dict:
     """Run the protocol (resumable: finished runs are reused); returns the results dict (also in ``output_dir``).
 
-    ``report_to``: the students' Trainer tracker(s) (``"tensorboard"``, ``"wandb"``, ...; one run each)."""
+    ``report_to``: the students' Trainer tracker(s) (``"tensorboard"``, ``"wandb"``, ...; one run each).
+    ``baseline_dir``: a folder of runs without teachers shared with other protocols (see :func:`run_dir_for`)."""
     from .calibrate import kinds_for, load_or_measure, measure_step_costs
     from .jobs import Context, execute, log_plan
     from .report import write_report
@@ -318,7 +332,7 @@ def run_tiny(output_dir: str, corpus_path: str | None = None, seeds: int = 1, pr
     corpus = load_corpus(p, corpus_path)
     ctx = Context(p, corpus, save_every=2 * p.eval_every, key={"preset": preset_key(p), "corpus": corpus.fingerprint},
                   report_to=report_to)
-    jobs = plan_jobs(p, vs, seeds, out)
+    jobs = plan_jobs(p, vs, seeds, out, Path(baseline_dir) if baseline_dir else None)
     calibration = None
     if calibrate:
         kinds = kinds_for([{"teachers": v.teachers, "selection": v.selection, "kd_stop_ratio": v.kd_stop_ratio}
