@@ -67,3 +67,17 @@ def test_checked_in_report_follows_from_its_run_logs(tmp_path, name):
     (tmp_path / "results.md").write_text(text.split(marker, 1)[1].split("-->\n\n", 1)[1])
     shutil.copy(docs / f"{name}.json", tmp_path / "results.json")
     assert cli_main(["reproduce", "--rerender", "--check", "--output_dir", str(tmp_path)]) == 0
+
+
+def test_checked_in_regime_study_follows_from_its_run_logs(tmp_path):
+    """docs/regime_study.md's table must be what the checked-in code makes of its cells' run logs."""
+    import shutil
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    marker = "<!-- study.md of that run, verbatim"
+    text = (docs / "regime_study.md").read_text()
+    assert marker in text
+    (tmp_path / "study.md").write_text(text.split(marker, 1)[1].split("-->\n\n", 1)[1])
+    shutil.copytree(docs / "regime_study" / "cells", tmp_path / "cells")
+    assert cli_main(["reproduce", "--study", "--rerender", "--check", "--output_dir", str(tmp_path)]) == 0

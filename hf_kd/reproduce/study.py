@@ -61,7 +61,7 @@ def cells(scale: float = 1.0) -> list[Cell]:
 
     strong = n(STRONG_TEACHER)
     return [
-        Cell("steps1600", {"steps": n(1600), "good_teacher_steps": strong, "frontier": [0.75, 1.5]}, ("budget",),
+        Cell("steps1600", {"steps": n(1600), "good_teacher_steps": strong}, ("budget",),
              {"budget": n(1600)}),
         Cell("steps800", {"steps": n(800), "good_teacher_steps": strong}, ("budget", "positions", "alpha_t"),
              {"budget": n(800), "positions": "masked", "alpha_t": "0.5, 1"}),
