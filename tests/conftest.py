@@ -80,6 +80,21 @@ class ForwardCounter:
         self.calls += 1
 
 
+MLM_WORDS = "the model reads text and learns to predict masked words from their context"
+
+
+def write_tiny_corpus(tmp_path: Path, monkeypatch, words: str = MLM_WORDS) -> str:
+    """A 120-line .jsonl corpus for reproduce tests, with ``HF_KD_CACHE`` (tokenizers, teachers) under tmp_path."""
+    import json
+
+    monkeypatch.setenv("HF_KD_CACHE", str(tmp_path / "cache"))
+    corpus = tmp_path / "corpus.jsonl"
+    ws = words.split()
+    lines = [" ".join(ws[(i + j) % len(ws)] for j in range(60)) for i in range(120)]
+    corpus.write_text("\n".join(json.dumps({"text": t}) for t in lines))
+    return str(corpus)
+
+
 @pytest.fixture
 def fresh_accelerate_state():
     """Reset accelerate's process-wide singletons after a test that built an ``Accelerator``."""

@@ -1,11 +1,11 @@
 """The regime study (``hf-kd reproduce --study``): shared baselines, keys that ignore what does not shape a run,
 a report that follows from its cells' run logs."""
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import write_tiny_corpus
 
 from hf_kd.core.errors import UserError
 from hf_kd.reproduce import study, text
@@ -36,11 +36,7 @@ def test_kd_run_keys_keep_the_kd_settings():
 
 @pytest.fixture
 def corpus(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_KD_CACHE", str(tmp_path / "cache"))
-    path = tmp_path / "corpus.jsonl"
-    words = "the model reads text and learns to predict masked words from their context".split()
-    lines = [" ".join(words[(i + j) % len(words)] for j in range(60)) for i in range(120)]
-    path.write_text("\n".join(json.dumps({"text": t}) for t in lines))
+    path = write_tiny_corpus(tmp_path, monkeypatch)
     return str(path)
 
 

@@ -4,6 +4,7 @@ import json
 from dataclasses import replace
 
 import pytest
+from conftest import write_tiny_corpus
 
 from hf_kd.cli import main as cli_main
 from hf_kd.reproduce.findings import findings
@@ -50,11 +51,7 @@ def test_speedups_and_findings_on_synthetic_runs():
 
 @pytest.mark.slow
 def test_miniature_protocol_end_to_end_and_teacher_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_KD_CACHE", str(tmp_path / "cache"))
-    corpus = tmp_path / "corpus.jsonl"
-    words = "the model reads text and learns to predict masked words from their context".split()
-    lines = [" ".join(words[(i + j) % len(words)] for j in range(60)) for i in range(120)]
-    corpus.write_text("\n".join(json.dumps({"text": t}) for t in lines))
+    corpus = write_tiny_corpus(tmp_path, monkeypatch)
     p = replace(TinyPreset(), vocab_size=200, max_seq_length=32, batch_size=4, steps=8, eval_every=4,
                 good_teacher_steps=12, second_teacher_steps=8, poor_teacher_steps=2, frontier=(0.5,))
     res = run_tiny(str(tmp_path / "out"), str(corpus), seeds=1, preset=p, calibrate=False)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from conftest import write_tiny_corpus
 
 from hf_kd.cli import main as cli_main
 from hf_kd.reproduce import text
@@ -27,11 +28,7 @@ class _Interrupt(transformers.TrainerCallback):
 
 @pytest.fixture
 def corpus_file(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_KD_CACHE", str(tmp_path / "cache"))
-    corpus = tmp_path / "corpus.jsonl"
-    words = "the model reads text and learns to predict the next word from the words before it".split()
-    lines = [" ".join(words[(i + j) % len(words)] for j in range(60)) for i in range(120)]
-    corpus.write_text("\n".join(json.dumps({"text": t}) for t in lines))
+    corpus = write_tiny_corpus(tmp_path, monkeypatch, "the model reads text and learns to predict the next word from the words before it")
     return str(corpus)
 
 

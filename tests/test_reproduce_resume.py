@@ -1,12 +1,12 @@
 """hf-kd reproduce orchestration: finished runs are reused, interrupted ones resume, names are checked, --launch resumes."""
 
-import json
 import subprocess
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import transformers
+from conftest import write_tiny_corpus
 
 from hf_kd.cli import main as cli_main
 from hf_kd.reproduce import text
@@ -15,11 +15,7 @@ from hf_kd.reproduce.scale import bert_base_c4, commands
 
 @pytest.fixture
 def tiny(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_KD_CACHE", str(tmp_path / "cache"))
-    corpus = tmp_path / "corpus.jsonl"
-    words = "the model reads text and learns to predict masked words from their context".split()
-    lines = [" ".join(words[(i + j) % len(words)] for j in range(60)) for i in range(120)]
-    corpus.write_text("\n".join(json.dumps({"text": t}) for t in lines))
+    corpus = write_tiny_corpus(tmp_path, monkeypatch)
     p = replace(text.TinyPreset(), vocab_size=200, max_seq_length=32, batch_size=4, steps=8, eval_every=2,
                 good_teacher_steps=6, second_teacher_steps=4, poor_teacher_steps=2, frontier=(0.5,))
     return p, str(corpus)
