@@ -15,8 +15,8 @@ import tomllib
 
 from hf_kd.core.cli_utils import UserError, parse_args, run_cli
 from hf_kd.core.errors import DataError
+from tests.support import REPO  # noqa: E402
 
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 

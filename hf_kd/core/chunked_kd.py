@@ -10,7 +10,7 @@ and the head weight/bias. Backward only scales the stored gradients by ``grad_ou
 ``[N, V]`` logits ever exist in full: peak extra memory is a few ``[chunk_size, V]`` float32 buffers.
 
 The result is exact: the same objective, conventions and float32 softmax as
-:func:`hf_kd.core.losses.distillation_loss` on the full logits (``tests/test_chunked_kd.py`` checks loss and
+:func:`hf_kd.core.losses.distillation_loss` on the full logits (``tests/core/test_chunked_kd.py`` checks loss and
 gradients). Gradients w.r.t. the analytic forms (``z`` = student logits, ``p = softmax(z / T)``,
 ``q`` = the teacher target)::
 

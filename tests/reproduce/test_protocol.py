@@ -1,0 +1,114 @@
+"""hf-kd reproduce: report math on synthetic runs, a miniature end-to-end run, the CLI."""
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from hf_kd.cli import main as cli_main
+from hf_kd.reproduce.findings import findings
+from hf_kd.reproduce.report import TEXT, speedups
+from hf_kd.reproduce.text import TinyPreset, run_tiny
+from tests.support.data import write_tiny_corpus
+
+
+def _run(variant, losses, hours_per_step, steps_per_eval=10, role="student", seed=0, forwards=0):
+    log = []
+    for i, loss in enumerate(losses, start=1):
+        step = i * steps_per_eval
+        log.append({"loss": loss, "gpu_hours": step * hours_per_step, "step": step})
+        log.append({"eval_loss": loss, "eval_accuracy": 1 / loss, "gpu_hours": step * hours_per_step, "step": step})
+    return {"variant": variant, "role": role, "seed": seed, "steps": len(losses) * steps_per_eval,
+            "teacher_forwards": forwards, "log_history": log}
+
+
+def test_speedups_and_findings_on_synthetic_runs():
+    runs = [
+        _run("baseline", [6.0, 5.5, 5.2, 5.0], 1.0),
+        _run("baseline_0.5x", [6.0, 5.4], 1.0, role="frontier"),
+        _run("baseline_2x", [6.0, 5.6, 5.3, 5.1, 4.9, 4.8, 4.7, 4.6], 1.0, role="frontier"),
+        _run("kd_full", [5.6, 5.0, 4.9, 4.8], 1.5, forwards=40),  # reaches 5.0 at step 20 and stays
+        _run("kd_stop50", [5.6, 5.0, 4.95, 4.7], 1.25, forwards=20),
+        _run("kd_poor_teacher", [6.1, 5.7, 5.4, 5.2], 1.5, forwards=40),  # never reaches 5.0
+        _run("ensemble_mean", [5.5, 5.0, 4.9, 4.8], 2.5, forwards=120),
+        _run("ensemble_sample", [5.5, 5.0, 4.9, 4.85], 1.5, forwards=40),
+    ]
+    t = speedups(runs)
+    # paper-style in steps: baseline needs 40 steps for 5.0, kd_full stays <= 5.0 from step 20
+    assert t["kd_full"]["paper_speedup_step"]["mean"] == pytest.approx(2.0)
+    assert t["kd_full"]["paper_speedup_gpu_hours"]["mean"] == pytest.approx(40 / 30)
+    assert t["kd_poor_teacher"]["paper_speedup_step"]["mean"] is None  # not reached
+    # frontier in steps: (20, 5.4), (40, 5.0), (80, 4.6); kd_full's final 4.8 needs 60 steps / 60 GPU-h there
+    assert t["kd_full"]["frontier_speedup_step"]["mean"] == pytest.approx(60 / 40)
+    assert t["kd_full"]["frontier_speedup_gpu_hours"]["mean"] == pytest.approx(60 / 60)
+    assert t["kd_stop50"]["frontier_speedup_gpu_hours"]["mean"] == pytest.approx(70 / 50)
+    # poor teacher final 5.2 -> frontier cost 20 + (5.2-5.4)/(5.0-5.4)*20 = 30 steps, run used 40
+    assert t["kd_poor_teacher"]["frontier_speedup_step"]["mean"] == pytest.approx(30 / 40)
+    f = {x["finding"].split()[0]: x for x in findings(t, TEXT)}
+    assert all(x["verdict"] in ("inconclusive", "not drawn") for x in f.values())  # one seed never decides
+    assert "1 seed" in t["kd_stop50"]["verdict_reason"]
+
+
+@pytest.mark.slow
+def test_miniature_protocol_end_to_end_and_teacher_cache(tmp_path, monkeypatch):
+    corpus = write_tiny_corpus(tmp_path, monkeypatch)
+    p = replace(TinyPreset(), vocab_size=200, max_seq_length=32, batch_size=4, steps=8, eval_every=4,
+                good_teacher_steps=12, second_teacher_steps=8, poor_teacher_steps=2, frontier=(0.5,))
+    res = run_tiny(str(tmp_path / "out"), str(corpus), seeds=1, preset=p, calibrate=False)
+    out = tmp_path / "out"
+    saved = json.loads((out / "results.json").read_text())
+    assert {r["variant"] for r in saved["runs"]} == {"baseline", "kd_full", "kd_stop25", "kd_stop50",
+                                                     "kd_poor_teacher", "ensemble_mean", "ensemble_sample",
+                                                     "baseline_0.5x"}
+    fwd = {r["variant"]: r["teacher_forwards"] for r in saved["runs"]}
+    assert fwd["baseline"] == 0 and fwd["kd_full"] == 8 and fwd["kd_stop25"] == 2 and fwd["kd_stop50"] == 4
+    assert fwd["ensemble_mean"] == 3 * 8 and fwd["ensemble_sample"] == 8
+    assert len(saved["findings"]) == 4 and all("evidence" in f for f in saved["findings"])
+    assert (out / "quality_vs_gpu_hours.png").stat().st_size > 1000
+    assert "| kd_full |" in (out / "results.md").read_text()
+    assert res["summary"]["baseline"]["paper_speedup_step"]["mean"] == pytest.approx(1.0)
+    assert res["regime"]["unigram_entropy"] > 0 and "unigram entropy" in (out / "results.md").read_text()
+    cached = sorted((tmp_path / "cache" / "teachers").iterdir())
+    assert len(cached) == 3 and all((c / "teacher.json").is_file() for c in cached)
+    stamps = [(c / "teacher.json").stat().st_mtime_ns for c in cached]
+    run_tiny(str(tmp_path / "out2"), str(corpus), seeds=1, preset=p, only=["kd_full"], calibrate=False)
+    assert [(c / "teacher.json").stat().st_mtime_ns for c in cached] == stamps  # recycled, not retrained
+
+
+def test_cli_prints_real_scale_protocol(capsys):
+    assert cli_main(["reproduce", "--preset", "bert-base-c4", "--output_dir", "/tmp/x"]) == 0
+    out = capsys.readouterr().out
+    assert "allenai/c4" in out and "ds_configs/zero2.json" in out and "glue_eval.sweep" in out
+
+
+@pytest.mark.parametrize("argv, needle", [(["reproduce", "--task", "audio"], "task='audio' is invalid"),
+                                          (["reproduce", "--seeds", "0"], "--seeds 0 is invalid"),
+                                          (["reproduce", "--preset", "huge"], "preset='huge' is invalid")])
+def test_cli_bad_input(argv, needle, capsys):
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_vision_protocol_miniature(tmp_path, monkeypatch, fresh_accelerate_state):
+    from hf_kd.reproduce.vision import VisionPreset, run_vision
+
+    monkeypatch.setenv("HF_KD_CACHE", str(tmp_path / "cache"))
+    p = VisionPreset(steps=4, eval_every=2, batch_size=16, good_teacher_steps=4, second_teacher_steps=2,
+                     poor_teacher_steps=1, frontier=(0.5,))
+    res = run_vision(str(tmp_path / "out"), preset=p, only=["kd_full", "ensemble_sample", "ensemble_mean"])
+    fwd = {r["variant"]: r["teacher_forwards"] for r in res["runs"]}
+    assert fwd == {"baseline": 0, "baseline_0.5x": 0, "kd_full": 4, "ensemble_sample": 4, "ensemble_mean": 12}
+    assert res["metric"]["key"] == "top1" and res["metric"]["higher_is_better"] is True
+    assert (tmp_path / "out" / "quality_vs_step.png").is_file()
+    assert "final top-1 accuracy" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_seeds_give_mean_and_spread():
+    runs = [_run("baseline", [6.0, 5.0], 1.0, seed=s) for s in (0, 1)]
+    runs += [_run("kd_full", [5.0, 4.9], 1.0, seed=0), _run("kd_full", [5.5, 5.0], 1.0, seed=1)]
+    t = speedups(runs)
+    # seed 0 stays <= 5.0 from step 10 (2.0x), seed 1 from step 20 (1.0x)
+    ps = t["kd_full"]["paper_speedup_step"]
+    assert (ps["mean"], ps["std"], ps["n"], ps["values"]) == (pytest.approx(1.5), pytest.approx(0.5**0.5), 2, [2.0, 1.0])
