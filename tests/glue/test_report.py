@@ -91,9 +91,9 @@ def test_budget_frontier(tmp_path):
                        "--output_dir", str(tmp_path / "rep")])
     s = {r["run"]: r for r in out["speedups"]}
     assert set(s) == {"kd", "kd_mid"}
-    # kd_mid's mean final 60.67 at cost 4: frontier cost 2 + (60.67 - 55) / (64 - 55) * 2
+    # kd_mid's mean final 60.67 at cost 4: frontier cost 2 * (4 / 2) ** ((60.67 - 55) / (64 - 55)), log-cost interpolation
     mid_final = 100 * statistics.mean(0.60 + d for d in SEED_SHIFT.values())
-    assert s["kd_mid"]["frontier_speedup"] == pytest.approx((2 + (mid_final - 55) / 9 * 2) / 4)
+    assert s["kd_mid"]["frontier_speedup"] == pytest.approx(2 * 2 ** ((mid_final - 55) / 9) / 4)
     assert s["kd"]["frontier_speedup"] is None and s["kd"]["frontier"] == "not reached"  # beyond the frontier
     assert "budget frontier" in (tmp_path / "rep" / "report.md").read_text()
 

@@ -39,9 +39,10 @@ def _grid(kd_full_final, kd_stop_final, seeds=3, jitter=0.01):
 
 
 def test_kd_wins_and_early_stop_comparison_is_drawn():
-    # frontier (20, 5.4) (40, 5.0) (80, 4.6): final 4.8 needs 60 steps (1.5x), 4.7 needs 70 steps (1.75x)
+    # frontier (20, 5.4) (40, 5.0) (80, 4.6), interpolated in log cost: final 4.8 needs 40 * 2**0.5 = 56.6 steps
+    # (1.41x), 4.7 needs 40 * 2**0.75 = 67.3 steps (1.68x)
     t = speedups(_grid(4.8, 4.7))
-    assert t["kd_full"]["frontier_speedup_step"]["mean"] == pytest.approx(1.5, rel=1e-3)  # geometric mean of the jittered seeds
+    assert t["kd_full"]["frontier_speedup_step"]["mean"] == pytest.approx(2**0.5, rel=1e-3)  # geometric mean of the jittered seeds
     assert t["kd_full"]["verdict"] == REPRODUCED and t["kd_stop50"]["verdict"] == REPRODUCED
     f = {x["finding"].split()[0]: x for x in findings(t, TEXT)}
     assert f["KD"]["verdict"] == REPRODUCED
@@ -103,14 +104,14 @@ def test_calibrated_cost_charges_each_step_kind():
 def test_verdicts_use_the_calibrated_axis():
     cal = {"relative": {"base": 1.0, "kd1": 2.0, "post": 1.0}}  # a KD step costs two baseline steps
     t = speedups(_grid(4.8, 4.8), calibration=cal)
-    # 1.5x in steps, but 60 / (40 * 2) = 0.75x once KD steps are charged what they cost
-    assert t["kd_full"]["frontier_speedup_calibrated"]["mean"] == pytest.approx(0.75, rel=1e-3)
+    # 1.41x in steps, but 56.6 / (40 * 2) = 0.71x once KD steps are charged what they cost
+    assert t["kd_full"]["frontier_speedup_calibrated"]["mean"] == pytest.approx(40 * 2**0.5 / 80, rel=1e-3)
     assert t["kd_full"]["verdict"] == NOT_REPRODUCED
-    assert t["kd_stop50"]["frontier_speedup_calibrated"]["mean"] == pytest.approx(60 / 60, rel=1e-3)
+    assert t["kd_stop50"]["frontier_speedup_calibrated"]["mean"] == pytest.approx(40 * 2**0.5 / (20 * 2 + 20), rel=1e-3)
 
 
 def test_comparison_with_a_bounded_variant_keeps_the_bound():
-    # kd_full beyond the best frontier point (>= 2.0 in steps), kd_stop50 inside it (1.75): early stopping is
+    # kd_full beyond the best frontier point (>= 2.0 in steps), kd_stop50 inside it (1.68): early stopping is
     # then *less* efficient in every seed, whatever kd_full's exact value is.
     t = speedups(_grid(4.5, 4.7, jitter=0.0))
     t_rows = {n: t[n]["frontier_speedup_step"] for n in ("kd_full", "kd_stop50")}
