@@ -1,0 +1,144 @@
+"""hf-kd cache-teacher: the stored targets are those of the very batches the student trains on, at every
+(step, micro-batch), across an epoch boundary and a short last accumulation step; resume keeps intact shards."""
+
+import json
+
+import pytest
+import torch
+
+from hf_kd.core.cli_utils import run_cli
+from hf_kd.core.losses import teacher_log_probs
+from hf_kd.core.sparse_kd import topk_targets
+from hf_kd.core.teacher_cache import TeacherCache
+from hf_kd.text import cache_producer
+from hf_kd.text.cache_stream import kd_rows, model_inputs
+from hf_kd.text.trainer import DistillationTrainer
+from tests.support.models import tiny_gpt2
+from tests.support.scripts import build_env, script_args, tiny_model
+
+# 16 sequences / batch 4 = 4 micro-batches per epoch; GA 3 -> steps of 3 and 1 micro-batches; 5 steps cross epochs.
+GEOMETRY = ("--gradient_accumulation_steps", "3", "--seed", "3", "--kd_alpha", "0.5", "--kd_temperature", "2")
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    e = build_env(tmp_path / "env")
+    monkeypatch.setenv("HF_KD_CACHE", str(e.cache))
+    return e
+
+
+def _teacher(env, task):
+    path = env.inputs / f"teacher-{task}"
+    if task == "clm":
+        tiny_gpt2(vocab_size=env.vocab_size, seed=1).save_pretrained(str(path))
+    else:
+        tiny_model(path, env.vocab_size, seed=1)
+    return path
+
+
+def _argv(env, task, out, *extra, max_steps=5):
+    model = ("--model_preset", "tiny") + (("--block_size", "32") if task == "clm" else ())
+    return script_args(env, out, *model, *GEOMETRY, "--teacher_model_name_or_path", str(_teacher(env, task)),
+                       *extra, max_steps=max_steps)
+
+
+def _capture_training(monkeypatch, argv, task):
+    """Run the training script and record (step, micro-batch) -> the inputs compute_loss received."""
+    from run_scripts.run_clm_kd import main as clm_main
+    from run_scripts.run_mlm_kd import main as mlm_main
+
+    seen, original = {}, DistillationTrainer.compute_loss
+
+    def spy(self, model, inputs, *a, **kw):
+        if model.training:
+            step = self.state.global_step
+            mb = sum(1 for s, _ in seen if s == step)
+            seen[(step, mb)] = {k: v.detach().clone() for k, v in inputs.items()}
+        return original(self, model, inputs, *a, **kw)
+
+    monkeypatch.setattr(DistillationTrainer, "compute_loss", spy)
+    (clm_main if task == "clm" else mlm_main)(argv)
+    return seen
+
+
+@pytest.mark.parametrize("task", ["mlm", "clm"])
+def test_cached_targets_are_those_of_the_batches_training_feeds_compute_loss(env, tmp_path, monkeypatch, task):
+    cache_dir = tmp_path / "cache"
+    manifest = cache_producer.main(_argv(env, task, cache_dir, "--task", task, "--kd_stop_steps", "4",
+                                         "--top_k", "16", "--steps_per_shard", "3"))
+    assert manifest.steps == 4 and [(e.rank, e.first_step, e.stop_step) for e in manifest.shards] == [(0, 0, 3),
+                                                                                                       (0, 3, 4)]
+    seen = _capture_training(monkeypatch, _argv(env, task, tmp_path / "run", "--kd_stop_steps", "4"), task)
+    assert sorted(seen)[:5] == [(0, 0), (0, 1), (0, 2), (1, 0), (2, 0)]  # 3 + 1 micro-batches per epoch
+    cache = TeacherCache.open(cache_dir)
+    cls = "AutoModelForCausalLM" if task == "clm" else "AutoModelForMaskedLM"
+    import transformers
+
+    teacher = getattr(transformers, cls).from_pretrained(str(_teacher(env, task))).eval()
+    for (step, mb), batch in sorted(seen.items()):
+        if step >= 4:
+            continue
+        rows = kd_rows(batch, task, "masked")
+        with torch.no_grad():
+            logits = rows.take(teacher(**model_inputs(batch)).logits)
+        want = topk_targets(teacher_log_probs([logits], 2.0), 16)
+        got = cache.targets(step, mb, 0)
+        assert torch.equal(got.ids, want.ids), (step, mb)
+        torch.testing.assert_close(got.logp.float(), want.logp, atol=2e-3, rtol=1e-3)  # stored as float16
+        torch.testing.assert_close(got.log_rest, want.log_rest)
+
+
+def test_producer_batches_equal_training_batches_bit_for_bit(env, tmp_path, monkeypatch):
+    from hf_kd.core.cli_utils import parse_args
+    from hf_kd.text.cache_stream import training_batches
+    from hf_kd.text.config import DistillationTrainingArguments
+    from hf_kd.text.pretrain import build_trainer
+    from hf_kd.text.script_args import DataArguments, ModelArguments
+
+    argv = _argv(env, "mlm", tmp_path / "run", "--max_train_samples", "18", max_steps=6)  # 5 batches: last short
+    m, d, a = parse_args((ModelArguments, DataArguments, DistillationTrainingArguments), argv)
+    produced = {(s, i): b for s, bs in training_batches(build_trainer(m, d, a), 6) for i, b in enumerate(bs)}
+    seen = _capture_training(monkeypatch, argv, "mlm")
+    assert sorted(produced) == sorted(seen) and len(seen) >= 8
+    for key, batch in seen.items():
+        assert set(batch) == set(produced[key])
+        for name, value in batch.items():
+            assert torch.equal(value, produced[key][name]), (key, name)
+
+
+def test_interrupted_production_resumes_keeping_intact_shards(env, tmp_path, monkeypatch):
+    cache_dir = tmp_path / "cache"
+    argv = _argv(env, "mlm", cache_dir, "--steps_per_shard", "2", "--top_k", "8")
+    full = cache_producer.main(argv)
+    reference = {e.name: e.sha256 for e in full.shards}
+    # An interrupt after the first shard: no manifest, the first shard kept, the second damaged (as if half-written
+    # by a different attempt), the third missing.
+    (cache_dir / "manifest.json").unlink()
+    progress = json.loads((cache_dir / "progress-00000.json").read_text())
+    progress["shards"] = progress["shards"][:2]
+    (cache_dir / "progress-00000.json").write_text(json.dumps(progress))
+    names = sorted(reference)
+    (cache_dir / names[1]).write_bytes((cache_dir / names[1]).read_bytes()[:-10])
+    (cache_dir / names[2]).unlink()
+    first_mtime = (cache_dir / names[0]).stat().st_mtime_ns
+    calls = []
+    monkeypatch.setattr(cache_producer.ShardProducer, "targets",
+                        lambda self, items, f=cache_producer.ShardProducer.targets: calls.append(items[0][0]) or
+                        f(self, items))
+    resumed = cache_producer.main(argv)
+    assert calls == [2, 4]  # the damaged and the missing shard, not the intact first one
+    assert (cache_dir / names[0]).stat().st_mtime_ns == first_mtime
+    assert {e.name: e.sha256 for e in resumed.shards} == reference  # same bytes as the uninterrupted production
+
+
+def test_cache_teacher_command_refuses_bad_flags_in_one_line(env, tmp_path, capsys):
+    from hf_kd.cli import main
+
+    out = tmp_path / "c"
+    for extra, needle in ((("--top_k", "0"), "--top_k 0 is invalid"), (("--kd_alpha", "0"), "kd_alpha 0")):
+        rc = main(["cache-teacher", *_argv(env, "mlm", out, *extra)])
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert rc == 2 and len(err) == 1 and needle in err[0], err
+        assert not out.exists() or not any(out.iterdir())
+    rc = run_cli(lambda: cache_producer.main(script_args(env, out)))
+    assert rc == 2 and "needs --teacher_model_name_or_path" in capsys.readouterr().err
