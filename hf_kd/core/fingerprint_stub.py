@@ -29,9 +29,17 @@ def tokenizer_hash(tokenizer) -> str:
 
 def model_fingerprint(model_or_path) -> str:
     if isinstance(model_or_path, str):
-        from transformers import AutoModel
+        # The files as saved (config + weights): loading into a generic class would initialise missing heads randomly.
+        from pathlib import Path
 
-        model_or_path = AutoModel.from_pretrained(model_or_path)
+        folder = Path(model_or_path)
+        h = hashlib.sha256()
+        for f in sorted(folder.glob("config.json")) + sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+            h.update(f.name.encode("utf-8"))
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+        return h.hexdigest()
     h = hashlib.sha256(model_or_path.config.to_json_string(use_diff=False).encode("utf-8"))
     for name, tensor in sorted(model_or_path.state_dict().items()):
         h.update(name.encode("utf-8"))

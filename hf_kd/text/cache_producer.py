@@ -177,7 +177,12 @@ def produce_cache(model_args: ModelArguments, data_args: DataArguments, args: Di
     stop = min(resolve_kd_stop_step(args.max_steps, args.kd_stop_ratio, args.kd_stop_steps), args.max_steps)
     manifest = stream_manifest(model_args, data_args, args, cache_args, task, trainer, stop)
     folder = Path(args.output_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    if trainer.accelerator.is_main_process:  # before any rank writes: the others' files would look foreign
+        _check_folder(folder, manifest)
+    trainer.accelerator.wait_for_everyone()
+    if (folder / MANIFEST).is_file():
+        logger.info("%s already holds this complete teacher cache; nothing to do", folder)
+        return Manifest.from_json((folder / MANIFEST).read_text())
     rank = trainer.accelerator.process_index
     done = _resume_state(folder, rank, manifest)
     seconds = done.get("seconds", 0.0)
@@ -230,19 +235,40 @@ def _write_progress(folder: Path, rank: int, manifest: Manifest, entries: dict[i
     publish_bytes(_progress_path(folder, rank), json.dumps(data, indent=1).encode())
 
 
+def _production_problem(earlier: Manifest, manifest: Manifest) -> str | None:
+    """Why targets produced under ``earlier`` cannot stand for ``manifest``'s (same stream and same targets)."""
+    for name in ("top_k", "logp_dtype"):
+        if getattr(earlier, name) != getattr(manifest, name):
+            return f"{name} {getattr(earlier, name)!r} there, {getattr(manifest, name)!r} here"
+    return mismatch(earlier, manifest, manifest.steps)
+
+
+def _check_folder(folder: Path, manifest: Manifest) -> None:
+    """An output folder must be new/empty, an unfinished production (resumed), or this very cache (nothing to do)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if (folder / MANIFEST).is_file():
+        problem = _production_problem(Manifest.from_json((folder / MANIFEST).read_text()), manifest)
+        if problem:
+            raise TeacherCacheError(f"--output_dir {str(folder)!r} holds another teacher cache ({problem}); "
+                                    "use another --output_dir")
+        return
+    ours = ("progress-", "shard-", ".shard-", ".progress-")
+    foreign = [p.name for p in folder.iterdir() if not p.name.startswith(ours)]
+    if foreign:
+        raise TeacherCacheError(f"--output_dir {str(folder)!r} is not empty ({foreign[0]!r}, ...) and holds no "
+                                "unfinished teacher cache; expected an empty or new folder")
+
+
 def _resume_state(folder: Path, rank: int, manifest: Manifest) -> dict:
     """Intact shards of an earlier, interrupted run with the same flags (others are produced again)."""
     path = _progress_path(folder, rank)
     if not path.is_file():
-        if any(p for p in folder.iterdir() if not p.name.startswith(".")):
-            raise TeacherCacheError(f"--output_dir {str(folder)!r} is not empty and holds no unfinished teacher cache "
-                                    "of this rank; expected an empty or new folder")
         return {}
     raw = json.loads(path.read_text())
     earlier = Manifest.from_json(json.dumps(raw["manifest"]), str(path))
-    problem = mismatch(earlier, manifest) or (None if (earlier.top_k, earlier.logp_dtype, earlier.steps_per_shard) ==
-                                              (manifest.top_k, manifest.logp_dtype, manifest.steps_per_shard)
-                                              else "top_k, logp_dtype or steps_per_shard differ")
+    problem = _production_problem(earlier, manifest) or (
+        None if earlier.steps_per_shard == manifest.steps_per_shard else
+        f"steps_per_shard {earlier.steps_per_shard} there, {manifest.steps_per_shard} here")
     if problem:
         raise TeacherCacheError(f"{str(folder)!r} holds a cache being produced with other flags ({problem}); "
                                 "use another --output_dir")

@@ -142,3 +142,25 @@ def test_cache_teacher_command_refuses_bad_flags_in_one_line(env, tmp_path, caps
         assert not out.exists() or not any(out.iterdir())
     rc = run_cli(lambda: cache_producer.main(script_args(env, out)))
     assert rc == 2 and "needs --teacher_model_name_or_path" in capsys.readouterr().err
+
+
+def test_rerun_on_a_finished_cache_does_nothing_and_other_flags_are_refused(env, tmp_path, monkeypatch, capsys):
+    from hf_kd.cli import main
+
+    out = tmp_path / "c"
+    first = cache_producer.main(_argv(env, "mlm", out, "--top_k", "8", max_steps=2))
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    monkeypatch.setattr(cache_producer, "_run_shards", lambda *a: pytest.fail("a finished cache was produced again"))
+    assert cache_producer.main(_argv(env, "mlm", out, "--top_k", "8", max_steps=2)) == first
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    for extra, needle in ((("--top_k", "9"), "top_k 8 there, 9 here"), (("--top_k", "8", "--seed", "4"), "seed is 3 but this run's is 4")):
+        rc = main(["cache-teacher", *_argv(env, "mlm", out, *extra, max_steps=2)])
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert rc == 2 and len(err) == 1 and needle in err[0], err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    rc = main(["cache-teacher", *_argv(env, "mlm", foreign, max_steps=2)])
+    assert rc == 2 and "is not empty ('notes.txt'" in capsys.readouterr().err
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
