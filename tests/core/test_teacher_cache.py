@@ -69,7 +69,11 @@ OTHER_VALUES = {"format_version": 1, "task": "clm", "teacher_fingerprints": ["u"
                 "kd_positions": "all", "mlm_probability": 0.3, "temperature": 2.0, "vocab_size": 51}
 
 
-@pytest.mark.parametrize("name", MATCH_FIELDS)
+def test_every_stream_and_target_field_is_compared():
+    assert set(MATCH_FIELDS) == set(OTHER_VALUES)
+
+
+@pytest.mark.parametrize("name", sorted(OTHER_VALUES))
 def test_a_cache_for_another_run_is_refused_naming_the_field_and_both_values(tmp_path, name):
     _write_cache(tmp_path / "c")
     cache = TeacherCache.open(tmp_path / "c")

@@ -164,3 +164,19 @@ def test_rerun_on_a_finished_cache_does_nothing_and_other_flags_are_refused(env,
     rc = main(["cache-teacher", *_argv(env, "mlm", foreign, max_steps=2)])
     assert rc == 2 and "is not empty ('notes.txt'" in capsys.readouterr().err
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+
+
+def test_a_larger_producer_batch_stores_the_same_targets(env, tmp_path):
+    argv = ("--top_k", "8", "--logp_dtype", "float32")
+    cache_producer.main(_argv(env, "mlm", tmp_path / "a", *argv))
+    cache_producer.main(_argv(env, "mlm", tmp_path / "b", *argv, "--producer_batch_size", "12"))  # 3 micro-batches
+    a, b = TeacherCache.open(tmp_path / "a"), TeacherCache.open(tmp_path / "b")
+    n = 0
+    for step in range(5):
+        for mb in range(3 if step % 2 == 0 else 1):
+            x, y = a.targets(step, mb), b.targets(step, mb)
+            assert torch.equal(x.ids, y.ids) and len(x) > 0
+            torch.testing.assert_close(x.logp, y.logp, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(x.log_rest, y.log_rest, atol=1e-5, rtol=1e-5)
+            n += 1
+    assert n == 11
