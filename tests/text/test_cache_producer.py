@@ -11,7 +11,6 @@ from hf_kd.core.losses import teacher_log_probs
 from hf_kd.core.sparse_kd import topk_targets
 from hf_kd.core.teacher_cache import TeacherCache
 from hf_kd.text import cache_producer
-from hf_kd.text.cache_stream import kd_rows, model_inputs
 from hf_kd.text.trainer import DistillationTrainer
 from tests.support.models import tiny_gpt2
 from tests.support.scripts import build_env, script_args, tiny_model
@@ -78,9 +77,14 @@ def test_cached_targets_are_those_of_the_batches_training_feeds_compute_loss(env
     for (step, mb), batch in sorted(seen.items()):
         if step >= 4:
             continue
-        rows = kd_rows(batch, task, "masked")
+        labels = batch["labels"]
+        if task == "clm":  # position i predicts token i + 1: a KD row where that next token carries a label
+            mask = torch.zeros_like(labels, dtype=torch.bool)
+            mask[:, :-1] = labels[:, 1:] != -100
+        else:
+            mask = labels != -100
         with torch.no_grad():
-            logits = rows.take(teacher(**model_inputs(batch)).logits)
+            logits = teacher(**{k: v for k, v in batch.items() if k != "labels"}).logits[mask]
         want = topk_targets(teacher_log_probs([logits], 2.0), 16)
         got = cache.targets(step, mb, 0)
         assert torch.equal(got.ids, want.ids), (step, mb)
