@@ -184,3 +184,36 @@ def test_a_larger_producer_batch_stores_the_same_targets(env, tmp_path):
             torch.testing.assert_close(x.log_rest, y.log_rest, atol=1e-5, rtol=1e-5)
             n += 1
     assert n == 11
+
+
+@pytest.mark.slow
+def test_two_processes_write_disjoint_shards_addressed_by_rank(env, tmp_path):
+    """torchrun x2 (gloo, CPU): rank r's micro-batch m of step s is the single process's micro-batch 2m + r of the
+    same step at twice the accumulation (same global batch: accelerate hands rank r every second batch)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.support import REPO
+
+    flags = ("--per_device_train_batch_size", "2", "--top_k", "8", "--logp_dtype", "float32", "--steps_per_shard", "1")
+    one = _argv(env, "mlm", tmp_path / "one", *flags, "--gradient_accumulation_steps", "4", max_steps=2)
+    two = _argv(env, "mlm", tmp_path / "two", *flags, "--gradient_accumulation_steps", "2", max_steps=2)
+    cache_producer.main(one)
+    run_env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+                   PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "hf_kd.cli",
+           "cache-teacher", *two]
+    proc = subprocess.run(cmd, env=run_env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    single, double = TeacherCache.open(tmp_path / "one"), TeacherCache.open(tmp_path / "two")
+    assert double.manifest.world_size == 2 and single.manifest.world_size == 1
+    assert sorted((e.rank, e.index) for e in double.manifest.shards) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert len({e.name for e in double.manifest.shards}) == 4
+    double.verify()
+    for step in range(2):
+        for mb in range(2):
+            for rank in range(2):
+                x, y = double.targets(step, mb, rank), single.targets(step, 2 * mb + rank)
+                assert len(x) > 0 and torch.equal(x.ids, y.ids), (step, mb, rank)
+                torch.testing.assert_close(x.logp, y.logp)
