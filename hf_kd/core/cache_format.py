@@ -73,6 +73,7 @@ class Manifest:
     vocab_size: int
     steps: int
     steps_per_shard: int
+    max_train_samples: int | None = None  # caps the chunked training set: another cap is another stream
     logp_dtype: str = "float16"
     ids_dtype: str = "int32"
     log_rest_dtype: str = "float32"
@@ -102,7 +103,7 @@ class Manifest:
 # a cache may cover more steps than the run's KD stop step).
 MATCH_FIELDS = ("format_version", "task", "teacher_fingerprints", "teacher_selection", "tokenizer_hash", "data_hash",
                 "seed", "data_seed", "per_device_train_batch_size", "gradient_accumulation_steps", "world_size",
-                "block_size", "kd_positions", "mlm_probability", "temperature", "vocab_size")
+                "block_size", "max_train_samples", "kd_positions", "mlm_probability", "temperature", "vocab_size")
 
 
 def mismatch(cache: Manifest, expected: Manifest, kd_stop_step: int | None = None) -> str | None:

@@ -36,10 +36,9 @@ from ..core.cache_format import (
 )
 from ..core.errors import UserError
 from ..core.fingerprint_stub import model_fingerprint, text_content_hash, tokenizer_hash
-from ..core.losses import teacher_log_probs
-from ..core.schedule import resolve_kd_stop_step, teacher_indices
-from ..core.sparse_kd import SparseTargets, topk_targets
-from .cache_stream import kd_rows, model_inputs, training_batches
+from ..core.schedule import resolve_kd_stop_step
+from .cache_stream import training_batches
+from .cache_targets import ShardProducer
 from .config import DistillationTrainingArguments
 from .data import load_raw_splits
 from .pretrain import build_trainer
@@ -103,63 +102,10 @@ def stream_manifest(model_args: ModelArguments, data_args: DataArguments, args: 
         data_hash=data_hash, seed=args.seed, data_seed=args.data_seed,
         per_device_train_batch_size=args.per_device_train_batch_size,
         gradient_accumulation_steps=args.gradient_accumulation_steps, world_size=trainer.accelerator.num_processes,
-        block_size=data_args.max_seq_length, kd_positions=args.kd_positions,
+        block_size=data_args.max_seq_length, max_train_samples=data_args.max_train_samples, kd_positions=args.kd_positions,
         mlm_probability=data_args.mlm_probability if task == "mlm" else None, temperature=args.kd_temperature,
         top_k=min(cache_args.top_k, vocab), vocab_size=vocab, steps=stop, steps_per_shard=cache_args.steps_per_shard,
         logp_dtype=cache_args.logp_dtype, teacher_names=names, max_steps=args.max_steps)
-
-
-class ShardProducer:
-    """Teacher forwards for one shard's micro-batches, grouped into ``producer_batch_size`` sequences."""
-
-    def __init__(self, trainer, task: str, cache_args: CacheArguments):
-        self.trainer, self.task, self.cache_args = trainer, task, cache_args
-        self.args = trainer.args
-
-    def targets(self, items: list[tuple[int, int, dict]]) -> dict[tuple[int, int], SparseTargets]:
-        out: dict[tuple[int, int], SparseTargets] = {}
-        group: list[tuple[int, int, dict]] = []
-        key = None
-        limit = self.cache_args.producer_batch_size or 0
-        for step, mb, batch in items:
-            teachers = tuple(teacher_indices(step, len(self.trainer.teachers), self.args.kd_teacher_selection,
-                                             self.args.seed))
-            size = sum(b["input_ids"].shape[0] for _, _, b in group)
-            if group and (teachers != key or size + batch["input_ids"].shape[0] > limit or not _stackable(group, batch)):
-                out.update(self._group_targets(group, key))
-                group = []
-            group.append((step, mb, batch))
-            key = teachers
-        if group:
-            out.update(self._group_targets(group, key))
-        return out
-
-    def _group_targets(self, group: list[tuple[int, int, dict]], teachers: tuple[int, ...]):
-        batches = [b for _, _, b in group]
-        rows = [kd_rows(b, self.task, self.args.kd_positions) for b in batches]
-        counts = [int(r.index.numel()) for r in rows]
-        stacked = {k: torch.cat([b[k] for b in batches]) for k in model_inputs(batches[0])}
-        starts = [0]
-        for r in rows[:-1]:  # micro-batch i's rows index its own [B, L]; stacked, it starts after the others
-            starts.append(starts[-1] + r.mask.numel())
-        index = torch.cat([r.index + s for r, s in zip(rows, starts, strict=True)])
-        logits = []
-        with torch.inference_mode():
-            for i in teachers:
-                full = self.trainer.teachers[i](**stacked).logits
-                logits.append(full.flatten(0, 1).index_select(0, index))
-        targets = topk_targets(teacher_log_probs(logits, self.args.kd_temperature), self.cache_args.top_k)
-        out, start = {}, 0
-        for (step, mb, _), n in zip(group, counts, strict=True):
-            sl = slice(start, start + n)
-            out[(step, mb)] = SparseTargets(targets.ids[sl], targets.logp[sl], targets.log_rest[sl])
-            start += n
-        return out
-
-
-def _stackable(group: list[tuple[int, int, dict]], batch: dict) -> bool:
-    first = group[0][2]
-    return all(k in batch and first[k].shape[1:] == batch[k].shape[1:] for k in model_inputs(first))
 
 
 def produce_cache(model_args: ModelArguments, data_args: DataArguments, args: DistillationTrainingArguments,
@@ -189,7 +135,7 @@ def produce_cache(model_args: ModelArguments, data_args: DataArguments, args: Di
     entries = {e.index: e for e in done.get("shards", [])}
     if entries:
         logger.info("resuming: %d intact shard(s) of rank %d kept", len(entries), rank)
-    producer = ShardProducer(trainer, task, cache_args)
+    producer = ShardProducer(trainer, task, manifest.top_k, cache_args.producer_batch_size)
     _run_shards(trainer, producer, manifest, folder, rank, entries, seconds, started)
     trainer.accelerator.wait_for_everyone()
     if trainer.accelerator.is_main_process:

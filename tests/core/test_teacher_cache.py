@@ -65,7 +65,7 @@ def test_each_rank_and_micro_batch_reads_its_own_targets(tmp_path):
 
 OTHER_VALUES = {"format_version": 1, "task": "clm", "teacher_fingerprints": ["u" * 8], "teacher_selection": "sample",
                 "tokenizer_hash": "tok2", "data_hash": "data2", "seed": 2, "data_seed": 5,
-                "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "world_size": 1, "block_size": 64,
+                "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "world_size": 1, "block_size": 64, "max_train_samples": 100,
                 "kd_positions": "all", "mlm_probability": 0.3, "temperature": 2.0, "vocab_size": 51}
 
 

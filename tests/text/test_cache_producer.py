@@ -170,10 +170,15 @@ def test_rerun_on_a_finished_cache_does_nothing_and_other_flags_are_refused(env,
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
 
 
-def test_a_larger_producer_batch_stores_the_same_targets(env, tmp_path):
-    argv = ("--top_k", "8", "--logp_dtype", "float32")
-    cache_producer.main(_argv(env, "mlm", tmp_path / "a", *argv))
-    cache_producer.main(_argv(env, "mlm", tmp_path / "b", *argv, "--producer_batch_size", "12"))  # 3 micro-batches
+@pytest.mark.parametrize("task", ["mlm", "clm"])
+def test_a_larger_producer_batch_and_row_chunks_store_the_same_targets(env, tmp_path, monkeypatch, task):
+    from hf_kd.text import cache_targets
+
+    argv = ("--top_k", "8", "--logp_dtype", "float32", "--task", task)
+    cache_producer.main(_argv(env, task, tmp_path / "a", *argv))
+    # 3 micro-batches per teacher forward, and the head / log-softmax / top-k over 7 rows at a time
+    monkeypatch.setattr(cache_targets, "default_chunk_size", lambda vocab: 7)
+    cache_producer.main(_argv(env, task, tmp_path / "b", *argv, "--producer_batch_size", "12"))
     a, b = TeacherCache.open(tmp_path / "a"), TeacherCache.open(tmp_path / "b")
     n = 0
     for step in range(5):
