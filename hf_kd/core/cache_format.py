@@ -79,6 +79,7 @@ class Manifest:
     log_rest_dtype: str = "float32"
     format_version: int = FORMAT_VERSION
     teacher_names: list[str] = field(default_factory=list)
+    teacher_dtype: str = ""  # the dtype the teachers ran in (bfloat16 on a GPU that supports it)
     max_steps: int | None = None
     producing_seconds: float = 0.0
     device_hours: float = 0.0

@@ -105,7 +105,8 @@ def stream_manifest(model_args: ModelArguments, data_args: DataArguments, args: 
         block_size=data_args.max_seq_length, max_train_samples=data_args.max_train_samples, kd_positions=args.kd_positions,
         mlm_probability=data_args.mlm_probability if task == "mlm" else None, temperature=args.kd_temperature,
         top_k=min(cache_args.top_k, vocab), vocab_size=vocab, steps=stop, steps_per_shard=cache_args.steps_per_shard,
-        logp_dtype=cache_args.logp_dtype, teacher_names=names, max_steps=args.max_steps)
+        logp_dtype=cache_args.logp_dtype, teacher_names=names, max_steps=args.max_steps,
+        teacher_dtype=str(next(trainer.teachers[0].parameters()).dtype).removeprefix("torch."))
 
 
 def produce_cache(model_args: ModelArguments, data_args: DataArguments, args: DistillationTrainingArguments,

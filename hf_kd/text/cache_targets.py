@@ -69,7 +69,8 @@ class ShardProducer:
             parts = [topk_targets(teacher_log_probs([src(slice(s, s + self.chunk)) for src in sources],
                                                     self.args.kd_temperature), self.top_k)
                      for s in range(0, max(n, 1), self.chunk)]
-        ids, logp, rest = (torch.cat([getattr(p, f) for p in parts]) for f in ("ids", "logp", "log_rest"))
+        # To the host per group: a shard's targets (hundreds of MB for a long causal-LM shard) never sit on the GPU.
+        ids, logp, rest = (torch.cat([getattr(p, f) for p in parts]).cpu() for f in ("ids", "logp", "log_rest"))
         out, start = {}, 0
         for (step, mb, _), mask in zip(group, masks, strict=True):
             end = start + int(mask.sum())

@@ -65,6 +65,7 @@ def test_cached_targets_are_those_of_the_batches_training_feeds_compute_loss(env
     cache_dir = tmp_path / "cache"
     manifest = cache_producer.main(_argv(env, task, cache_dir, "--task", task, "--kd_stop_steps", "4",
                                          "--top_k", "16", "--steps_per_shard", "3"))
+    assert manifest.teacher_dtype == "float32" and manifest.device_type == "cpu" and manifest.device_hours > 0
     assert manifest.steps == 4 and [(e.rank, e.first_step, e.stop_step) for e in manifest.shards] == [(0, 0, 3),
                                                                                                        (0, 3, 4)]
     seen = _capture_training(monkeypatch, _argv(env, task, tmp_path / "run", "--kd_stop_steps", "4"), task)
