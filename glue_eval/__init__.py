@@ -16,7 +16,9 @@ From Python (the same functions the commands call)::
 Modules: ``tasks`` (task specs, hyperparameter table), ``data`` (Hub / GLUE-download loaders), ``metrics``
 (GLUE metrics, the two GLUE scores), ``args`` (arguments on ``TrainingArguments``), ``plan`` (jobs and
 results keys), ``finetune`` (Trainer fine-tuning), ``results`` (resumable JSONL), ``run_glue`` / ``sweep`` /
-``report`` (CLIs), ``quality`` (report inputs), ``testing`` (tiny fixtures). See ``docs/glue.md``.
+``report`` (CLIs), ``quality`` (report inputs), ``levels`` (majority-class/chance levels of the dev labels),
+``cost`` (the calibrated step-cost axis), ``speedups`` (per-seed speed-ups and their verdicts), ``report_md``
+(the report's markdown), ``testing`` (tiny fixtures). See ``docs/glue.md``.
 """
 
 from __future__ import annotations

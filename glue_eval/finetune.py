@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, replace
 
 import datasets
+import numpy as np
 from tqdm.auto import tqdm
 from transformers import (
     AutoModelForSequenceClassification,
@@ -37,6 +38,7 @@ from transformers.utils import logging as hf_logging
 
 from .args import FinetuneArguments, GlueArguments
 from .data import load_task
+from .levels import dev_levels
 from .metrics import is_diverged, task_metrics, task_score
 from .plan import Job, warmup_for
 from .results import ResultsFile
@@ -122,7 +124,9 @@ def finetune(job: Job, tokenizer, data: datasets.DatasetDict, gargs: GlueArgumen
             "diverged": diverged, "train_loss": train_loss, "finetune_seconds": seconds,
             "finetune_gpu_hours": seconds * max(1, targs.world_size) / 3600.0,
             "finetune_steps": train_out.global_step, "train_samples": len(data["train"]),
-            "eval_samples": {s: len(data[s]) for s in spec.eval_splits}, "hparams": asdict(job.hp)}
+            "eval_samples": {s: len(data[s]) for s in spec.eval_splits}, "hparams": asdict(job.hp),
+            # what a fine-tune that learned nothing scores on these dev labels: the report flags scores there
+            "levels": dev_levels(job.task, {s: np.asarray(data[s]["label"]) for s in spec.eval_splits})}
 
 
 class _DropLoadReport(logging.Filter):

@@ -16,13 +16,17 @@ Budget frontier (baselines trained with full schedules at several budgets)::
     python -m glue_eval.report glue/results.jsonl --baseline base-100k --frontier base-25k base-50k base-100k \\
         --output_dir glue/report
 
-Speed-ups come from ``hf_kd.core.curves`` (paper-style sustained crossing; budget frontier); the spread is the
-mean ± std of the speed-ups computed per fine-tuning seed (seed i of a run against seed i of the baseline).
-A run whose curve cannot be told from the baseline's -- both constant at one value, or the difference of the
-means within the seed spread (sqrt(std_run² + std_baseline²)) at every step both evaluated -- gets "no signal"
-instead of a speed-up. Diverged fine-tunes are listed and left out; the fine-tuning protocol (fixed learning
-rate, or best-on-dev of a grid) is stated. Writes ``report.md``, ``table.csv``, ``speedups.csv``,
-``curves.png`` (mean ± std band over seeds), ``report.json`` in ``--output_dir``.
+Speed-ups come from ``hf_kd.core.curves`` (paper-style sustained crossing; budget frontier), computed per seed
+(seed i of a run against seed i of the baseline) and judged by the project's one uncertainty rule
+(``hf_kd.core.uncertainty``: geometric mean, 90% interval on log speed-ups, REPRODUCED / not reproduced /
+inconclusive; one seed is always inconclusive): see ``glue_eval.speedups``. Scores that do not beat their task's
+majority-class (or chance) level on its dev labels are marked; a task at that level in every run gives no
+signal and is left out of the quality (``glue_eval.levels``). The cost axis is steps x calibrated step cost when
+``--step_costs`` is given (``glue_eval.cost``; wall-clock GPU-hours then follow as a second view), else the
+measured GPU-hours, which the report says machine load can bend. Diverged fine-tunes are listed and left out;
+the fine-tuning protocol (fixed learning rate, or best-on-dev of a grid) is stated. Writes ``report.md``,
+``table.csv``, ``speedups.csv``, ``curves.png`` (mean ± std band over seeds), ``report.json`` in
+``--output_dir``.
 """
 
 from __future__ import annotations
@@ -30,23 +34,27 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from hf_kd.core.cli_utils import parse_args, run_cli
-from hf_kd.core.curves import (
-    format_speedup,
-    frontier_speedup,
-    mean_std,
-    paper_speedup,
-    plot_curves,
-    sustained_crossing_cost,
-)
+from hf_kd.core.curves import plot_curves
 
-from .quality import mark_diverged, mean_curves, points_from_results, points_from_runs, seed_curves, table_rows
+from .cost import KINDS_HELP, RunSteps, StepCosts, parse_step_costs, read_run_steps
+from .levels import LevelCheck, check_levels
+from .quality import (
+    mark_diverged,
+    mean_curves,
+    points_from_results,
+    points_from_runs,
+    select_lines,
+    table_rows,
+)
+from .report_md import AXES, render_markdown
 from .results import read_records
+from .speedups import SpeedupInputs, speedup_rows
+from .tasks import TASKS, resolve_tasks
 
 
 @dataclass
@@ -63,107 +71,106 @@ class ReportArguments:
                                                   "leaderboard score) or a scalar key, e.g. accuracy, score, "
                                                   "eval_loss."})
     lower_is_better: bool = field(default=False, metadata={"help": "The metric improves downwards (losses)."})
-    cost: str = field(default="gpu_hours", metadata={"help": "Cost axis: gpu_hours or step."})
+    cost: str | None = field(default=None, metadata={"help": "Cost axis: calibrated (steps x --step_costs; the "
+                                                     "default when --step_costs is given), gpu_hours (measured "
+                                                     "wall-clock; the default otherwise) or step."})
+    step_costs: str | None = field(default=None, metadata={"help": f"Cost of one step of each kind, in baseline "
+                                                           f"steps: {KINDS_HELP}."})
     tasks: str | None = field(default=None, metadata={"help": "Only these tasks of the results file."})
     frontier: list[str] | None = field(default=None, metadata={"help": "Baseline runs at several budgets for "
                                                                "the budget-frontier speed-up."})
+    glue_dir: str | None = field(default=None, metadata={"help": "GLUE download folder: the majority-class levels "
+                                                         "of results lines written before the sweep stored them."})
+    level_tolerance: float = field(default=1.0, metadata={"help": "A score within this many points (0.01 for a "
+                                                          "raw metric) of its task's majority-class/chance level "
+                                                          "is at that level."})
 
 
-def _fmt_spread(values: list) -> str:
-    m, s, n = mean_std(values)
-    if n == 0:
-        return f"not reached (0/{len(values)} seeds)"
-    return f"{m:.2f}x{f' ± {s:.2f}' if n > 1 else ''} ({n}/{len(values)} seeds)"
+@dataclass
+class ReportInputs:
+    """Points per cost axis (the first is the report's axis), and what is known about them."""
+
+    views: dict[str, list]
+    note: str
+    info: dict
+    levels: LevelCheck | None = None
+    seeds: str = ""
+    run_steps: dict[str, RunSteps] = field(default_factory=dict)
 
 
-def no_signal(base_rows, run_rows, tol: float = 1e-9) -> str:
-    """Why a run's curve cannot be told from the baseline's ("" when it can)."""
-    means = [r.mean for r in [*base_rows, *run_rows]]
-    if means and max(means) - min(means) <= tol * max(1.0, abs(means[0])):
-        return f"both constant at {means[0]:.4f}"
-    base = {r.step: r for r in base_rows if r.step is not None}
-    pairs = [(base[r.step], r) for r in run_rows if r.step in base]
-    if pairs and all(abs(a.mean - b.mean) <= math.hypot(a.std or 0.0, b.std or 0.0) + tol for a, b in pairs):
-        return f"difference within the seed spread at all {len(pairs)} common steps"
-    return ""
+def _axis(args: ReportArguments) -> str:
+    axis = args.cost or ("calibrated" if args.step_costs else "gpu_hours")
+    if axis not in AXES:
+        raise ValueError(f"--cost {axis!r} is invalid; expected {', '.join(AXES)}")
+    if axis == "calibrated" and not args.step_costs:
+        raise ValueError(f"--cost calibrated needs --step_costs; expected {KINDS_HELP}")
+    return axis
 
 
-def speedup_rows(rows, points, args: ReportArguments) -> list[dict]:
-    """Per non-baseline run: paper-style and (with ``--frontier``) budget-frontier speed-ups with seed spread."""
-    hib = not args.lower_is_better
-    means, seeds = mean_curves(rows, hib), seed_curves(points, hib)
-    frontier = list(args.frontier or [])
-    base = means[args.baseline]
-    out = []
-    for run, curve in means.items():
-        if run == args.baseline or run in frontier:
-            continue
-        common = [s for s in seeds[run] if s in seeds[args.baseline]]
-        per_seed = [paper_speedup(seeds[args.baseline][s], seeds[run][s]) for s in common]
-        row = {"run": run, "target": base.final_quality,
-               "crossing_cost": sustained_crossing_cost(curve, base.final_quality),
-               "paper_speedup": paper_speedup(base, curve), "paper_speedup_per_seed": per_seed}
-        row["no_signal"] = no_signal([r for r in rows if r.run == args.baseline], [r for r in rows if r.run == run])
-        if row["no_signal"]:
-            row["paper_speedup"], row["paper_speedup_per_seed"] = None, []
-        row["paper"] = "no signal" if row["no_signal"] else format_speedup(row["paper_speedup"])
-        row["paper_seeds"] = _fmt_spread(per_seed) if len(common) > 1 and not row["no_signal"] else ""
-        if frontier:
-            row["frontier_speedup"] = frontier_speedup([means[f] for f in frontier], curve)
-            fs = [frontier_speedup([seeds[f][s] for f in frontier], seeds[run][s]) for s in common
-                  if all(s in seeds[f] for f in frontier)]
-            row["frontier"] = format_speedup(row["frontier_speedup"])
-            row["frontier_seeds"] = _fmt_spread(fs) if len(fs) > 1 else ""
-        out.append(row)
-    return out
+def _charged(points: list, run_steps: dict[str, RunSteps], costs: StepCosts) -> list:
+    """Points on the calibrated axis: each checkpoint's steps charged by their kind."""
+    for p in points:
+        if p.step is None:
+            raise ValueError(f"{p.run}/{p.checkpoint} has no step; the calibrated cost axis needs each checkpoint's "
+                             "step (or --cost gpu_hours)")
+    return [replace(p, cost=run_steps[p.run].cost(p.step, costs)) for p in points]
 
 
-def _fmt(x, spec: str = ".4f") -> str:
-    return "" if x is None else format(x, spec)
+def _run_steps(run_paths: dict[str, str | None]) -> dict[str, RunSteps]:
+    missing = [r for r, path in run_paths.items() if not path]
+    if missing:
+        raise ValueError(f"the results lines of run {missing[0]!r} name no run_path; the calibrated cost axis reads "
+                         "the run folder's all_results.json (or --cost gpu_hours)")
+    return {run: read_run_steps(path) for run, path in run_paths.items()}
 
 
-def _what(metric: str) -> str:
-    return {"glue": "GLUE average (BERT Table 1)", "glue_score": "GLUE score (leaderboard)"}.get(metric, metric)
+def _seeds_text(points: list) -> str:
+    seeds = sorted({p.seed for p in points if p.seed is not None})
+    if not seeds:
+        return ("one pretraining run per name and no fine-tuning seeds: one value per run, so every verdict is "
+                "inconclusive")
+    text = (f"fine-tuning seeds {', '.join(map(str, seeds))} of one pretraining run per name (seed i of a run "
+            "paired with seed i of the baseline): the interval covers fine-tuning noise, not pretraining noise")
+    return text + ("; with one seed every verdict is inconclusive" if len(seeds) == 1 else "")
 
 
-def _notes(info: dict) -> list[str]:
-    lines = []
-    if info.get("protocol"):
-        lines += ["", f"Fine-tuning protocol: {info['protocol']}."]
-    if info.get("selected"):
-        lines += ["", "Selected learning rates: " + "; ".join(f"{'/'.join(map(str, k))}: {lr:g}"
-                                                              for k, lr in info["selected"].items()) + "."]
-    if info.get("diverged"):
-        lines += ["", "\\* **diverged fine-tunes** (non-finite loss or metrics): their (run, checkpoint, seed) is "
-                  "left out of the means, the curves and the speed-ups: " + "; ".join(info["diverged"]) + "."]
-    return lines
+def _levels(records: list[dict], args: ReportArguments) -> tuple[LevelCheck | None, str | None]:
+    """The majority-class check, and the tasks the quality keeps (the ones with signal, when some have none)."""
+    if args.lower_is_better:
+        return None, args.tasks
+    keep = set(resolve_tasks(args.tasks)) if args.tasks else None
+    lines, _ = select_lines([r for r in records if keep is None or r.get("task") in keep])
+    check = check_levels(lines, args.metric, args.level_tolerance, args.glue_dir)
+    present = {r.get("task") for r in lines}
+    alive = [t for t in TASKS if t in present and t not in check.dead]
+    return check, (",".join(alive) if check.dead and alive else args.tasks)
 
 
-def render_markdown(rows, speedups, args: ReportArguments, note: str, info: dict | None = None) -> str:
-    what = _what(args.metric)
-    quality = note if args.metric in ("glue", "glue_score") else f"{what} ({note})"
-    lines = [f"# {what} vs pretraining {args.cost}", "", f"Quality: {quality}; "
-             f"{'lower' if args.lower_is_better else 'higher'} is better. Baseline: `{args.baseline}`.",
-             *_notes(info or {}), "",
-             f"| run | checkpoint | step | {args.cost} | {what} mean | std | seeds | diverged seeds* |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        mean = "diverged*" if r.n == 0 else _fmt(r.mean)
-        lines.append(f"| {r.run} | {r.checkpoint} | {'' if r.step is None else r.step} | {_fmt(r.cost, '.6g')} | "
-                     f"{mean} | {_fmt(r.std)} | {r.n} | {r.diverged or ''} |")
-    lines += ["", "## Speed-up over the baseline", "",
-              f"Target: the baseline's final {what} = {_fmt(speedups[0]['target']) if speedups else ''}. "
-              "\"no signal\": the run's curve cannot be told from the baseline's (both constant, or the difference "
-              "within the seed spread at every common step).", "",
-              f"| run | reaches target at ({args.cost}) | paper-style | per seed (mean ± std) |"
-              + (" budget frontier | per seed |" if args.frontier else ""),
-              "|---|---|---|---|" + ("---|---|" if args.frontier else "")]
-    for s in speedups:
-        crossing = "not reached" if s["crossing_cost"] is None else f"{s['crossing_cost']:.6g}"
-        crossing = f"no signal ({s['no_signal']})" if s.get("no_signal") else crossing
-        line = f"| {s['run']} | {crossing} | {s['paper']} | {s['paper_seeds']} |"
-        lines.append(line + (f" {s['frontier']} | {s['frontier_seeds']} |" if args.frontier else ""))
-    return "\n".join(lines) + "\n"
+def _load(args: ReportArguments, axis: str, costs: StepCosts | None) -> ReportInputs:
+    if bool(args.results) == bool(args.from_runs):
+        raise ValueError("give either a results file (RESULTS.jsonl / --results) or --from_runs RUN_DIR ..., not "
+                         f"{'both' if args.results else 'neither'}")
+    axes = [axis] + (["gpu_hours"] if axis == "calibrated" else [])
+    keys = {a: "step" if a == "calibrated" else a for a in axes}
+    if args.from_runs:
+        views = {a: points_from_runs(args.from_runs, args.metric, keys[a], not args.lower_is_better) for a in axes}
+        inp = ReportInputs(views, "trainer_state.json", {"ylabel": args.metric}, seeds=_seeds_text(views[axis]))
+        paths = {Path(d).resolve().name: d for d in args.from_runs}
+    else:
+        if not Path(args.results).is_file():
+            raise FileNotFoundError(f"results file {args.results!r} does not exist; expected a glue_eval.sweep JSONL")
+        records = read_records(args.results)[0]
+        levels, tasks = _levels(records, args)
+        loaded = {a: points_from_results(records, args.metric, keys[a], tasks) for a in axes}
+        views = {a: v[0] for a, v in loaded.items()}
+        inp = ReportInputs(views, loaded[axis][1], loaded[axis][2], levels, _seeds_text(views[axis]))
+        paths = {r["run"]: r.get("run_path") for r in records}
+    if axis == "calibrated":
+        inp.run_steps = _run_steps({p.run: paths.get(p.run) for p in views[axis]})
+        views[axis] = _charged(views[axis], inp.run_steps, costs)
+        for g in inp.info.get("diverged_groups", []):
+            g["cost"] = None if g["step"] is None else inp.run_steps[g["run"]].cost(int(g["step"]), costs)
+    return inp
 
 
 def render_csv(records: list[dict]) -> str:
@@ -175,58 +182,72 @@ def render_csv(records: list[dict]) -> str:
     return buf.getvalue()
 
 
-def _load_points(args: ReportArguments):
-    if bool(args.results) == bool(args.from_runs):
-        raise ValueError("give either a results file (RESULTS.jsonl / --results) or --from_runs RUN_DIR ..., not "
-                         f"{'both' if args.results else 'neither'}")
-    if args.cost not in ("gpu_hours", "step"):
-        raise ValueError(f"--cost {args.cost!r} is invalid; expected gpu_hours or step")
-    if args.from_runs:
-        points = points_from_runs(args.from_runs, args.metric, args.cost, not args.lower_is_better)
-        return points, "trainer_state.json", {"ylabel": args.metric}
-    if not Path(args.results).is_file():
-        raise FileNotFoundError(f"results file {args.results!r} does not exist; expected a glue_eval.sweep JSONL")
-    return points_from_results(read_records(args.results)[0], args.metric, args.cost, args.tasks)
-
-
-def _plot(rows, args: ReportArguments, ylabel: str, path: Path) -> None:
+def _plot(rows, args: ReportArguments, axis: str, ylabel: str, path: Path, seeds: int) -> None:
     curves = mean_curves(rows, not args.lower_is_better)
     spread = {run: [r.std or 0.0 for r in rows if r.run == run] for run in curves}
-    xlabel = {"gpu_hours": "pretraining GPU-hours", "step": "pretraining step"}[args.cost]
-    plot_curves(list(curves.values()), path, xlabel=xlabel, ylabel=ylabel, title=f"{_what(args.metric)} vs "
-                "pretraining cost (mean ± std over seeds)", baseline=args.baseline,
+    what = {"glue": "GLUE average (BERT Table 1)", "glue_score": "GLUE score (leaderboard)"}.get(args.metric,
+                                                                                               args.metric)
+    band = f"mean ± std over {seeds} seeds" if seeds > 1 else "one seed per point: no spread shown"
+    plot_curves(list(curves.values()), path, xlabel=f"pretraining {AXES[axis]}", ylabel=ylabel,
+                title=f"{what} vs pretraining cost ({band})", baseline=args.baseline,
                 target=curves[args.baseline].final_quality if args.baseline in curves else None, spread=spread)
+
+
+def _speedups(inp: ReportInputs, args: ReportArguments) -> dict[str, list]:
+    """Speed-up rows per cost axis; none when the baseline or a frontier run has no data left."""
+    dead = inp.levels.dead if inp.levels else []
+    present = {p.run for p in next(iter(inp.views.values()))}
+    if not all(n in present for n in [args.baseline, *(args.frontier or [])]):
+        return {a: [] for a in inp.views}
+    no_signal = ""
+    if dead and len(dead) == len(inp.levels.tasks) and not inp.levels.unknown:
+        no_signal = "at majority-class level: no signal in " + ("this task" if len(dead) == 1 else "any task")
+    out = {}
+    for axis, points in inp.views.items():
+        si = SpeedupInputs(table_rows(points), points, args.baseline, list(args.frontier or []),
+                           not args.lower_is_better)
+        out[axis] = speedup_rows(si, axis, no_signal)
+    return out
 
 
 def build_report(args: ReportArguments) -> dict:
     """Quality-vs-cost table, curves and speed-ups from ``args``; files written only when every input is valid.
 
-    Returns the report dict (``rows``, ``speedups``, ``protocol``, ``diverged``, ``ylabel``, ...), also
-    written as ``report.json``.
+    Returns the report dict (``rows``, ``speedups`` on the report's cost axis, ``views`` per axis, ``levels``,
+    ``protocol``, ``diverged``, ``ylabel``, ...), also written as ``report.json``.
     """
-    points, note, info = _load_points(args)
-    rows = table_rows(points)
+    axis = _axis(args)
+    costs = parse_step_costs(args.step_costs) if args.step_costs else None
+    inp = _load(args, axis, costs)
+    rows = table_rows(inp.views[axis])
     runs = list(dict.fromkeys(r.run for r in rows))
-    diverged_runs = {d.split("/")[0] for d in info.get("diverged", [])}
+    diverged_runs = {d.split("/")[0] for d in inp.info.get("diverged", [])}
     for name in [args.baseline, *(args.frontier or [])]:
         if name not in runs and name not in diverged_runs:
             raise ValueError(f"run {name!r} (--baseline/--frontier) has no data; expected one of {runs}")
-    ok = all(name in runs for name in [args.baseline, *(args.frontier or [])])
-    speedups = speedup_rows(rows, points, args) if ok else []
-    table = mark_diverged(rows, info.get("diverged_groups", []))
-    md = render_markdown(table, speedups, args, note, info)
+    views = _speedups(inp, args)
+    table = mark_diverged(rows, inp.info.get("diverged_groups", []))
+    md = render_markdown(table, views, args, axis, inp, costs)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if rows:
-        _plot(rows, args, info["ylabel"], out / "curves.png")
+        n_seeds = max((r.n for r in rows), default=0)
+        _plot(rows, args, axis, inp.info["ylabel"], out / "curves.png", n_seeds)
     (out / "report.md").write_text(md)
     (out / "table.csv").write_text(render_csv([asdict(r) for r in table]))
-    flat = [{k: v for k, v in s.items() if not k.endswith("_per_seed")} for s in speedups]
-    (out / "speedups.csv").write_text(render_csv(flat))
-    report = {"metric": args.metric, "note": note, "ylabel": info["ylabel"], "protocol": info.get("protocol"),
-              "selected_learning_rates": {"/".join(map(str, k)): v for k, v in info.get("selected", {}).items()},
-              "diverged": info.get("diverged", []), "rows": [asdict(r) for r in rows],
-              "table": [asdict(r) for r in table], "speedups": speedups}
+    (out / "speedups.csv").write_text(render_csv([s.flat() for v in views.values() for s in v]))
+    levels = inp.levels
+    report = {"metric": args.metric, "note": inp.note, "ylabel": inp.info["ylabel"], "cost_axis": axis,
+              "step_costs": costs.relative if costs else None, "seeds": inp.seeds,
+              "run_steps": {k: asdict(v) for k, v in inp.run_steps.items()},
+              "protocol": inp.info.get("protocol"),
+              "selected_learning_rates": {"/".join(map(str, k)): v for k, v in inp.info.get("selected", {}).items()},
+              "diverged": inp.info.get("diverged", []), "rows": [asdict(r) for r in rows],
+              "table": [asdict(r) for r in table], "speedups": [asdict(s) for s in views[axis]],
+              "views": {a: [asdict(s) for s in v] for a, v in views.items()},
+              "levels": None if levels is None else {"tasks": {t: asdict(lv) for t, lv in levels.tasks.items()},
+                                                     "no_signal_tasks": levels.dead, "unknown": levels.unknown,
+                                                     "tolerance": levels.tolerance}}
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     return report
 

@@ -86,3 +86,15 @@ class PreOptimizerStepHook(TrainerCallback):
 
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         self.fn(optimizer)
+
+
+class TrainBeginHook(TrainerCallback):
+    """Calls ``fn(state)`` when training begins: after a resumed run's state (its ``global_step``) is restored and
+    before the first step -- the first point where a trainer knows whether a step of the run still needs a teacher.
+    """
+
+    def __init__(self, fn: Callable[[object], None]):
+        self.fn = fn
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.fn(state)

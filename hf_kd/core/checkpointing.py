@@ -1,9 +1,9 @@
 """Crash-safe checkpoints: staged saves published by one atomic rename, and a ``latest`` that skips broken ones.
 
 ``transformers.Trainer`` writes ``checkpoint-N/`` in place, so a crash (or ``kill -9``) mid-save leaves a folder
-that ``get_last_checkpoint`` picks and ``resume`` then fails on. :func:`save_checkpoint_atomically` makes the
-Trainer write into ``.partial-checkpoint-N/checkpoint-N`` and renames it to ``checkpoint-N`` only when every
-rank is done; :func:`latest_complete_checkpoint` additionally verifies a folder before resuming from it (a
+that ``get_last_checkpoint`` picks and ``resume`` then fails on. :class:`StagedCheckpoint` names the staging folder
+``.partial-checkpoint-N/checkpoint-N`` that every rank writes into and publishes it as ``checkpoint-N`` by one
+rename once all are done (the text trainer's ``_save_checkpoint`` and the vision loop drive it); :func:`latest_complete_checkpoint` additionally verifies a folder before resuming from it (a
 checkpoint truncated by a full disk, or written by another tool, is skipped with a warning).
 """
 
@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
@@ -120,34 +120,38 @@ def publish(staged: Path, final: Path) -> None:
     shutil.rmtree(staged.parent, ignore_errors=True)
 
 
-def save_checkpoint_atomically(trainer, model, trial, save: Callable) -> None:
-    """Run the Trainer's own ``_save_checkpoint`` (``save``) into a staging folder, then publish it.
+@dataclass(frozen=True)
+class StagedCheckpoint:
+    """Where ``checkpoint-<step>`` of ``run_dir`` is written (``staged``) and published (``final``).
 
-    ``trainer._staging_dir`` redirects ``_get_output_dir`` (all the Trainer uses to place ``checkpoint-N``);
-    every rank writes its part (weights, optimizer shards, ``rng_state_<rank>.pth``) there; the saving
-    process renames it once all are done, fixes ``best_model_checkpoint``, and rotates old checkpoints.
+    The saving process calls :meth:`clear_leftovers` before every rank writes into :attr:`root` and
+    :meth:`publish` once all are done; nothing here knows who writes (the text trainer, the vision loop).
     """
-    run_dir = Path(trainer._get_output_dir(trial))
-    name = f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}"
-    staging_root = run_dir / f"{PARTIAL_PREFIX}{name}"
-    if trainer.args.should_save:
-        remove_partials(run_dir)
-    trainer.accelerator.wait_for_everyone()
-    trainer._staging_dir = str(staging_root)
-    try:
-        save(model, trial)
-    finally:
-        trainer._staging_dir = None
-    trainer.accelerator.wait_for_everyone()
-    final = run_dir / name
-    if trainer.args.should_save:
-        staged = staging_root / name
-        if trainer.state.best_model_checkpoint == str(staged):  # the Trainer recorded the staging path
-            trainer.state.best_model_checkpoint = str(final)
-            trainer.state.save_to_json(str(staged / STATE_FILE))
-        publish(staged, final)
-        rotate_checkpoints(str(run_dir), trainer.args.save_total_limit, trainer.state.best_model_checkpoint,
-                           use_mtime=True)
-    trainer.accelerator.wait_for_everyone()
-    if trainer.args.push_to_hub:
-        trainer._push_from_checkpoint(str(final))  # deferred: an async upload must not read the staging path
+
+    run_dir: Path
+    step: int
+
+    @property
+    def name(self) -> str:
+        return f"{PREFIX_CHECKPOINT_DIR}-{self.step}"
+
+    @property
+    def root(self) -> Path:
+        """The staging folder; writers place ``checkpoint-<step>`` inside it."""
+        return self.run_dir / f"{PARTIAL_PREFIX}{self.name}"
+
+    @property
+    def staged(self) -> Path:
+        return self.root / self.name
+
+    @property
+    def final(self) -> Path:
+        return self.run_dir / self.name
+
+    def clear_leftovers(self) -> None:
+        remove_partials(self.run_dir)
+
+    def publish(self, keep: int | None = None, best: str | None = None) -> None:
+        """Publish the staged folder by one rename; then keep the newest ``keep`` checkpoints (and ``best``)."""
+        publish(self.staged, self.final)
+        rotate_checkpoints(str(self.run_dir), keep, best, use_mtime=True)

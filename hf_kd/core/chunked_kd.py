@@ -32,6 +32,7 @@ from .losses import DIVERGENCES, IGNORE_INDEX, DistillationLoss, teacher_log_pro
 DEFAULT_CHUNK_ELEMENTS = 2**22
 
 TeacherHead = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # (hidden [N, Ht], weight [V, Ht], bias [V])
+TeacherTarget = torch.Tensor | TeacherHead  # a teacher's logits [N, V] at the rows, or its TeacherHead
 
 
 def default_chunk_size(vocab_size: int) -> int:
@@ -76,6 +77,14 @@ def _chunk_grad_logits(z, labels, t_logits, temperature, divergence, ce_scale, k
     return ce_sum, kd_sum, grad
 
 
+def _chunk_target(teacher: TeacherTarget, start: int, chunk_size: int) -> torch.Tensor:
+    """A teacher's logits for rows ``start:start + chunk_size``: given, or from its hidden states and head."""
+    if isinstance(teacher, torch.Tensor):
+        return teacher[start:start + chunk_size]
+    th, tw, tb = teacher
+    return F.linear(th[start:start + chunk_size], tw, tb)
+
+
 class _ChunkedLinearKD(torch.autograd.Function):
     """Loss, and its gradients computed chunk by chunk in forward; backward scales them by ``grad_output``."""
 
@@ -101,7 +110,7 @@ class _ChunkedLinearKD(torch.autograd.Function):
             t_logits = None
             if has_kd:
                 with torch.inference_mode():
-                    t_logits = [F.linear(th[start:start + chunk_size], tw, tb) for th, tw, tb in teachers]
+                    t_logits = [_chunk_target(t, start, chunk_size) for t in teachers]
             ce_c, kd_c, g = _chunk_grad_logits(z, labels[start:start + chunk_size], t_logits, temperature, divergence,
                                                ce_scale, kd_scale)
             ce_total += ce_c
@@ -138,7 +147,7 @@ def chunked_distillation_loss(
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     labels: torch.Tensor,
-    teachers: Sequence[TeacherHead] | None = None,
+    teachers: Sequence[TeacherTarget] | None = None,
     *,
     alpha: float,
     temperature: float,
@@ -156,8 +165,9 @@ def chunked_distillation_loss(
         hidden: ``[N, H]`` student final hidden states at the loss positions (any float dtype, with a graph).
         weight: ``[V, H]`` student LM head weight; ``bias``: ``[V]`` or ``None``.
         labels: ``[N]`` int64 target ids, -100 where no CE is taken (those rows still carry KD).
-        teachers: ``None``/empty (no KD: plain CE, weight 1) or ``(hidden [N, Ht], weight [V, Ht], bias)`` per
-            teacher, the same ``N`` rows; several are averaged in probability space (ensemble ``"mean"``).
+        teachers: ``None``/empty (no KD: plain CE, weight 1) or, per teacher, its logits ``[N, V]`` or
+            ``(hidden [N, Ht], weight [V, Ht], bias)``, the same ``N`` rows; several are averaged in probability
+            space (ensemble ``"mean"``).
         ce_denominator / kd_denominator: step-level counts the sums are divided by (kd defaults to ce).
         chunk_size: rows per chunk; default :func:`default_chunk_size` of the vocabulary.
     Returns:
@@ -169,10 +179,11 @@ def chunked_distillation_loss(
         raise ValueError(f"hidden {tuple(hidden.shape)} and head weight {tuple(weight.shape)} do not fit; expected "
                          "hidden [N, H] and weight [V, H]")
     teachers = list(teachers or [])
-    for th, tw, _ in teachers:
-        if th.shape[0] != hidden.shape[0] or tw.shape[0] != weight.shape[0]:
-            raise ValueError(f"teacher hidden {tuple(th.shape)} / head {tuple(tw.shape)} do not match the student's "
-                             f"{hidden.shape[0]} rows and vocabulary {weight.shape[0]}")
+    for t in teachers:
+        rows, vocab = (t.shape[0], t.shape[-1]) if isinstance(t, torch.Tensor) else (t[0].shape[0], t[1].shape[0])
+        if rows != hidden.shape[0] or vocab != weight.shape[0]:
+            raise ValueError(f"a teacher target ({rows} rows, {vocab} outputs) and the student's ({hidden.shape[0]} "
+                             f"rows, vocabulary {weight.shape[0]}) do not match")
     chunk = chunk_size or default_chunk_size(weight.shape[0])
     dev = hidden.device
     ce_den = torch.as_tensor(ce_denominator, device=dev)

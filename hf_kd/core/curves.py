@@ -78,10 +78,14 @@ def paper_speedup(baseline: Curve, run: Curve) -> float | None:
 
 
 def frontier_cost(points: Sequence[tuple[float, float]], quality: float, higher_is_better: bool) -> float | None:
-    """Cost the baseline frontier needs for ``quality``, interpolated linearly along its (cost, quality) points.
+    """Cost the baseline frontier needs for ``quality``, interpolated along its (cost, quality) points.
 
-    The frontier is made monotone first (a longer budget that ended worse is dominated). Returns ``None``
-    when ``quality`` is beyond the best frontier point (no extrapolation); the cheapest point's cost
+    Between two points the interpolation is linear in *log* cost: over a range of budgets quality is close to
+    linear in log-compute (the shape of every scaling-law fit), so cost grows geometrically along the frontier,
+    and a straight line in cost between two points overstates what the frontier needs in between -- a bias that
+    favours the run being compared (0.4-2 % on the checked-in reports). Non-positive costs fall back to
+    linear. The frontier is made monotone first (a longer budget that ended worse is dominated). Returns
+    ``None`` when ``quality`` is beyond the best frontier point (no extrapolation); the cheapest point's cost
     when ``quality`` is below the worst point.
     """
     pts = sorted((float(c), float(q)) for c, q in points)
@@ -97,7 +101,10 @@ def frontier_cost(points: Sequence[tuple[float, float]], quality: float, higher_
         return mono[0][0]
     for (c0, q0), (c1, q1) in zip(mono, mono[1:]):
         if _at_least(q1, quality, higher_is_better):
-            return c0 + (quality - q0) / (q1 - q0) * (c1 - c0)
+            f = (quality - q0) / (q1 - q0)
+            if c0 > 0 and c1 > 0:
+                return math.exp(math.log(c0) + f * (math.log(c1) - math.log(c0)))
+            return c0 + f * (c1 - c0)
     return None
 
 

@@ -22,10 +22,11 @@ import torch
 
 
 def window_terms(mlm_sum: float, kd_sum: float, steps: int, kd_steps: int, alpha: float, world_size: int = 1,
-                 tokens_averaged_across_devices: bool = True) -> dict[str, float]:
-    """The log keys above from the window's sums (already summed over micro-batches and ranks)."""
+                 tokens_averaged_across_devices: bool = True, ce_key: str = "mlm_loss") -> dict[str, float]:
+    """The log keys above from the window's sums (already summed over micro-batches and ranks); the hard-label
+    term is logged as ``ce_key`` (``clm_loss`` for causal LMs)."""
     ranks = 1 if tokens_averaged_across_devices else max(1, world_size)
-    values = {"mlm_loss": round(mlm_sum / ranks / max(1, steps), 6)}
+    values = {ce_key: round(mlm_sum / ranks / max(1, steps), 6)}
     if kd_steps:
         values["kd_loss"] = round(kd_sum / ranks / kd_steps, 6)
     values["kd_weight"] = round(alpha * kd_steps / steps, 6) if steps else 0.0
@@ -35,7 +36,8 @@ def window_terms(mlm_sum: float, kd_sum: float, steps: int, kd_steps: int, alpha
 class TermWindow:
     """On-device sums of the logged terms since the last log line (no host sync per micro-batch)."""
 
-    def __init__(self) -> None:
+    def __init__(self, ce_key: str = "mlm_loss") -> None:
+        self.ce_key = ce_key
         self.reset()
 
     def reset(self) -> None:
@@ -60,6 +62,6 @@ class TermWindow:
             sums = reduce_sum(sums)
         mlm_sum, kd_sum = sums.tolist()  # the window's one host read
         values = window_terms(mlm_sum, kd_sum, len(self.steps), len(self.kd_steps), alpha, world_size,
-                              tokens_averaged_across_devices)
+                              tokens_averaged_across_devices, self.ce_key)
         self.reset()
         return values

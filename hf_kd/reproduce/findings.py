@@ -1,4 +1,4 @@
-"""The paper's findings, each read off the per-seed speed-ups with the rule of :mod:`hf_kd.reproduce.verdicts`.
+"""The paper's findings, each read off the per-seed speed-ups with the rule of :mod:`hf_kd.core.uncertainty`.
 
 A finding about which KD variant is *more* efficient is only drawn among variants that beat the baseline
 (verdict REPRODUCED): when none speeds training up, ranking them is meaningless, and the finding says so.
@@ -6,7 +6,15 @@ A finding about which KD variant is *more* efficient is only drawn among variant
 
 from __future__ import annotations
 
-from .verdicts import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, format_spread, paired_difference, spread_of, verdict
+from ..core.uncertainty import (
+    INCONCLUSIVE,
+    NOT_REPRODUCED,
+    REPRODUCED,
+    format_spread,
+    paired_ratio,
+    speedup_spread,
+    verdict,
+)
 
 KD_MAIN = ("kd_full", "kd_stop25", "kd_stop50")
 EARLY = ("kd_stop25", "kd_stop50")
@@ -32,10 +40,10 @@ def _why_not(table: dict, names: list[str]) -> str:
 
 
 def _compare(table: dict, a: str, b: str, axis: str) -> tuple[str, str]:
-    """Is ``a``'s speed-up above ``b``'s? Paired per-seed differences, the same interval rule around 0."""
-    diff = paired_difference(_per_seed(table, a, axis), _per_seed(table, b, axis))
-    v, why = verdict(diff, null=0.0)
-    return v, f"{a} − {b} = {format_spread(diff, speed=False)} ({why})"
+    """Is ``a``'s speed-up above ``b``'s? Paired per-seed ratios in log space, the same interval rule around 1."""
+    ratio = paired_ratio(_per_seed(table, a, axis), _per_seed(table, b, axis))
+    v, why = verdict(ratio)
+    return v, f"{a} / {b} = {format_spread(ratio)} ({why})"
 
 
 def _speedup_finding(table: dict, axis: str) -> dict:
@@ -88,8 +96,8 @@ def _ensemble_finding(table: dict, axis: str) -> dict | None:
     if len(winners) < 2:
         return {"finding": claim, "verdict": "not drawn",
                 "evidence": f"a comparison needs variants that beat the baseline: {_why_not(table, losers)}; {fwd}"}
-    s = spread_of(_per_seed(table, "ensemble_sample", axis))
-    m = spread_of(_per_seed(table, "ensemble_mean", axis))
+    s = speedup_spread(_per_seed(table, "ensemble_sample", axis))
+    m = speedup_spread(_per_seed(table, "ensemble_mean", axis))
     v, ev = _compare(table, "ensemble_sample", "ensemble_mean", axis)
     if v == INCONCLUSIVE and s.mean is not None and m.mean is not None and s.mean >= m.mean:
         ev += " (not worse on average, but not separated from it either)"

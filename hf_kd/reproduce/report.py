@@ -1,7 +1,7 @@
 """Turn ``hf-kd reproduce`` runs into speed-ups with spreads, a table, plots and a verdict per paper finding.
 
 Curve/speed-up/plot math is :mod:`hf_kd.core.curves` (shared with ``glue_eval.report``); the verdict rule is
-:mod:`hf_kd.reproduce.verdicts`; the findings are :mod:`hf_kd.reproduce.findings`.
+:mod:`hf_kd.core.uncertainty`; the findings are :mod:`hf_kd.reproduce.findings`.
 
 Three cost axes: ``gpu_hours`` (measured wall-clock of each run, bent by machine load), ``calibrated`` (each run's
 steps x the per-step cost of its step kind, all measured interleaved in one process: see
@@ -17,9 +17,9 @@ from pathlib import Path
 
 from ..core.curves import Curve, curve_from_log_history, frontier_speedup_bounded, paper_speedup, plot_curves
 from ..core.errors import UserError
+from ..core.uncertainty import RULE, format_per_seed, format_spread, speedup_spread, spread_of, verdict
 from .calibrate import calibrated_cost
 from .findings import findings, verdict_axis
-from .verdicts import RULE, format_per_seed, format_spread, spread_of, verdict
 
 logger = logging.getLogger(__name__)
 AXES = {"gpu_hours": "GPU-hours (measured)", "calibrated": "calibrated cost (baseline steps)", "step": "steps"}
@@ -86,15 +86,15 @@ def speedups(runs: list[dict], metric: dict = TEXT, calibration: dict | None = N
             if k == "seed":
                 continue
             vals = [e[k] if isinstance(e[k], tuple) else (e[k], "=") for e in row["per_seed"]]
-            row[k] = spread_of(vals).to_dict()
+            row[k] = (speedup_spread(vals) if "_speedup_" in k else spread_of(vals)).to_dict()
         axis = verdict_axis(calibration)
-        row["verdict"], row["verdict_reason"] = verdict(spread_of([e[f"frontier_speedup_{axis}"]
-                                                                   for e in row["per_seed"]]))
+        row["verdict"], row["verdict_reason"] = verdict(speedup_spread([e[f"frontier_speedup_{axis}"]
+                                                                        for e in row["per_seed"]]))
     return table
 
 
 def _fmt(stat: dict, speed: bool = False, digits: int = 3) -> str:
-    """Speed-ups: mean ± sd [90% interval]; other values: mean ± sd."""
+    """Speed-ups: geometric mean ×/÷ geometric sd [90% interval]; other values: mean ± sd."""
     if speed or stat["mean"] is None:
         return format_spread(stat, speed=True)
     return f"{stat['mean']:.{digits}g}" + (f" ± {stat['std']:.2g}" if stat["n"] > 1 else "")
@@ -226,7 +226,7 @@ def write_report(results: dict, out: Path, task: str = "text", write: bool = Tru
                f"({calibration['rounds']} rounds, {calibration['threads']} thread(s)); relative to a baseline step: "
                f"{rel}.\n\n")
     md = (f"# hf-kd reproduce ({results['corpus']})\n\n{_regime_lines(results, table, metric)}\n\n"
-          f"Seeds: {sorted({r['seed'] for r in results['runs']})}. Cells: mean ± sd [90% interval] over seeds.\n\n"
+          f"Seeds: {sorted({r['seed'] for r in results['runs']})}. Cells: mean ± sd over seeds; speed-ups: geometric mean ×/÷ geometric sd [90% interval on log speed-ups].\n\n"
           f"{markdown_table(table, metric, calibration, results.get('regime'))}\n\n"
           "Paper-style: the baseline's final cost / the cost from which a run *stays* at or beyond the baseline's "
           "final quality (1.00x for the baseline by definition). Budget frontier: cost that baselines trained with "

@@ -6,7 +6,7 @@
 
 The tiny protocol (``TinyPreset``: built-in corpus, tiny BERT, masked-token loss) with one knob moved per axis.
 Each cell reports the budget-frontier speed-up (calibrated cost, the verdicts' axis; and steps) of KD stopped at
-50% and KD throughout, mean ± sd [90% interval] over seeds paired with the baselines' seeds:
+50% and KD throughout, geometric mean ×/÷ geometric sd [90% interval on log speed-ups] over seeds paired with the baselines' seeds:
 
 * ``budget``: students' steps 200 / 400 / 800 / 1600 with one teacher of 4,800 steps;
 * ``teacher``: teachers of 400 / 1,200 / 4,800 steps (1x / 3x / 12x the budget) at 400 steps;
@@ -164,13 +164,13 @@ def check(out: Path) -> dict:
 
 
 def _fmt(stat: dict | None) -> str:
-    from .verdicts import format_spread
+    from ..core.uncertainty import format_spread
 
     return format_spread(stat) if stat else "-"
 
 
 def study_markdown(summaries: list[dict]) -> str:
-    from .verdicts import format_per_seed
+    from ..core.uncertainty import format_per_seed
 
     lines = ["| axis | setting | cell | teacher (steps: loss) | baseline loss | variant | KD loss | "
              "frontier speed-up, calibrated cost | per seed | frontier speed-up, steps | verdict |", "|" + "---|" * 11]
@@ -185,7 +185,7 @@ def study_markdown(summaries: list[dict]) -> str:
                     f"{r['verdict']} |")
     h = next((s["unigram_entropy"] for s in summaries if s.get("unigram_entropy")), None)
     head = (f"Validation unigram entropy: {h:.3f} nats. " if h else "") + (
-        "Cells: mean ± sd [90% interval] over seeds (seed i vs seed i); ≥ / ≤: beyond the frontier's last / "
+        "Speed-ups: geometric mean ×/÷ geometric sd [90% interval on log speed-ups] over seeds (seed i vs seed i); ≥ / ≤: beyond the frontier's last / "
         "before its first point (a bound). Verdicts on the calibrated-cost frontier speed-up.")
     return f"{head}\n\n" + "\n".join(lines) + "\n"
 

@@ -1,7 +1,8 @@
 """The text task: MLM and causal-LM pretraining with KD on the Hugging Face ``Trainer``.
 
-Holds ``DistillationTrainer`` (``trainer``; its causal-LM loss in ``clm_loss``, positions and hidden-state capture
-in ``clm``) and its arguments (``config``, ``script_args``), the sparse MLM head (``sparse_head``), data loading
+Holds ``DistillationTrainer`` (``trainer``; its objectives in ``objective``, ``mlm_objective``, ``clm_objective``,
+the teacher side in ``teacher_targets``, task detection in ``task``, loss rows in ``rows``, causal-LM positions and
+hidden-state capture in ``clm``) and its arguments (``config``, ``script_args``), the sparse MLM head (``sparse_head``), data loading
 and the built-in corpus (``data``, ``corpus``), resumable masking (``masking``), student presets (``models``) and
 the pretraining job behind ``run_mlm_kd.py`` / ``run_clm_kd.py`` (``pretrain``) and its model card (``card``).
 

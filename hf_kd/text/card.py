@@ -39,7 +39,7 @@ def card_metadata(trainer, metrics: dict[str, Any], data_args=None) -> dict[str,
     """The ``hf_kd`` facts of a run, as they go into the card's YAML block (``kd_*`` only when a teacher ran)."""
     args = trainer.args
     facts: dict[str, Any] = {"task": getattr(trainer, "kd_task", "mlm"), "teachers": list(trainer.teacher_names)}
-    if trainer.teachers:
+    if trainer.teacher_names:
         facts.update(kd_alpha=args.kd_alpha, kd_temperature=args.kd_temperature, kd_stop_step=trainer.kd_stop_step,
                      kd_teacher_selection=args.kd_teacher_selection, kd_positions=args.kd_positions,
                      kd_divergence=args.kd_divergence)

@@ -1,4 +1,4 @@
-"""Causal-LM pieces of ``DistillationTrainer``: task detection, next-token positions, final hidden states.
+"""Causal-LM pieces of ``DistillationTrainer``: next-token positions, the fused head, final hidden states.
 
 A causal LM's position ``i`` predicts token ``i + 1``. The loss positions are those whose *shifted* label is
 not -100 and whose target is not padding (so completion-only data, with prompt labels set to -100, works);
@@ -18,48 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from ..core.losses import IGNORE_INDEX
-from .sparse_head import Rows, as_rows
+from .rows import Rows, as_rows
 
-# Configs whose logits are not ``head(hidden)``: the chunked loss would miss that step, so use full logits.
-LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "output_multiplier_scale", "logits_scaling")
-
-
-def _mapping_classes(mapping) -> set[str]:
-    out: set[str] = set()
-    for v in mapping.values():
-        out.update(v if isinstance(v, list | tuple) else [v])
-    return out
-
-
-def model_task(model: torch.nn.Module) -> str | None:
-    """``"mlm"``, ``"clm"`` or ``None`` (neither, or ambiguous) from the model class."""
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-    )
-
-    name = type(getattr(model, "module", model)).__name__
-    is_clm = name in _mapping_classes(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) or name.endswith("ForCausalLM")
-    is_mlm = name in _mapping_classes(MODEL_FOR_MASKED_LM_MAPPING_NAMES) or name.endswith("ForMaskedLM")
-    return None if is_clm == is_mlm else "clm" if is_clm else "mlm"
-
-
-def resolve_kd_task(model: torch.nn.Module | None, requested: str = "auto") -> str:
-    """The loss ``DistillationTrainer`` trains ``model`` with; a model it has no loss for is refused."""
-    if requested != "auto":
-        return requested
-    if model is None:
-        raise ValueError("DistillationTrainer got model=None: pass model=..., or with model_init set kd_task='mlm' or "
-                         "'clm' (the loss is read from the model)")
-    task = model_task(model)
-    if task is None:
-        name = type(getattr(model, "module", model)).__name__
-        raise ValueError(
-            f"DistillationTrainer has no loss for {name}: it supports masked LMs (*ForMaskedLM, e.g. BertForMaskedLM) "
-            "and causal LMs (*ForCausalLM / GPT2LMHeadModel); pass such a model, or set kd_task='mlm'/'clm' if "
-            f"{name} is one"
-        )
-    return task
+# Rows of one sequence compared when checking a fused head against the model's own logits (once per model).
+HEAD_CHECK_POSITIONS = 4
 
 
 def shifted(inputs: dict, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,14 +58,46 @@ def count_positions(batch: dict, all_positions: bool = False) -> torch.Tensor:
 
 
 def fused_head(model: torch.nn.Module) -> torch.nn.Linear | None:
-    """The output-embedding module when logits are exactly ``head(final_hidden)``; else ``None`` (full logits)."""
+    """The output-embedding module when it is a plain ``Linear`` (a candidate for the chunked loss), else ``None``.
+
+    Whether the model's logits really are ``head(final_hidden)`` is not read from its config -- an allow-list of
+    fields cannot know every architecture's ``forward`` -- but checked on data: :func:`head_differs`.
+    """
     inner = getattr(model, "module", model)
     head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
-    cfg = getattr(inner, "config", None)
-    if not isinstance(head, torch.nn.Linear) or any(getattr(cfg, k, None) not in (None, 1, 1.0)
-                                                    for k in LOGIT_POSTPROCESSING):
+    return head if isinstance(head, torch.nn.Linear) else None
+
+
+def head_differs(model: torch.nn.Module, capture: HiddenCapture, inputs: dict,
+                 positions: int = HEAD_CHECK_POSITIONS) -> str | None:
+    """``None`` when ``model``'s logits equal its head applied to the head's input on the first sequence of
+    ``inputs`` (at ``positions`` spread-out rows); else why not, in words.
+
+    Run in eval mode under ``no_grad`` (no dropout, so no random numbers are drawn: training is unchanged).
+    """
+    batch = inputs["input_ids"].shape[0]
+    first = {k: v[:1] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == batch else v
+             for k, v in inputs.items()}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), capture.observe() as got:
+            # .forward, not __call__: the model's own hooks (teacher timing and counting) must not see a check
+            logits = model.forward(**first).logits
+    finally:
+        model.train(was_training)
+    hidden, got.hidden = got.hidden, None
+    length = logits.shape[1]
+    idx = torch.linspace(0, length - 1, min(positions, length), device=logits.device).long()
+    with torch.no_grad():
+        ref = logits[0].index_select(0, idx).float()
+        fused = F.linear(hidden[0].index_select(0, idx), capture.head.weight, capture.head.bias).float()
+        err, scale = (ref - fused).abs().max(), ref.abs().max()
+        bad = bool(err > 1e-3 * (1 + scale))  # once per model: the one host read of the check
+    if not bad:
         return None
-    return head
+    return (f"{type(model).__name__}'s logits are not its output layer applied to its last hidden states (they "
+            f"differ by up to {float(err):.3g}: post-processed in its forward)")
 
 
 class HiddenCapture:
@@ -121,9 +115,13 @@ class HiddenCapture:
         self.head = head
         self.hidden: torch.Tensor | None = None
         self._rows: Rows | None = None
+        self._observing = False
         self._handle = head.register_forward_pre_hook(self._pre_hook)
 
     def _pre_hook(self, module, args):
+        if self._observing:  # keep the whole input; the head runs as usual
+            self.hidden = args[0]
+            return None
         if self._rows is None:
             return None
         hidden = args[0]
@@ -141,8 +139,18 @@ class HiddenCapture:
         finally:
             self._rows = None
 
+    @contextlib.contextmanager
+    def observe(self):
+        """Within the block the head's whole input is kept in ``hidden`` and the head computes as usual."""
+        self._observing, self.hidden = True, None
+        try:
+            yield self
+        finally:
+            self._observing = False
+
     def remove(self) -> None:
         self._handle.remove()
+        self.hidden = None
 
 
 def chunked_ce_and_argmax(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -155,17 +163,3 @@ def chunked_ce_and_argmax(hidden: torch.Tensor, weight: torch.Tensor, bias: torc
         ce += F.cross_entropy(z, labels[start:start + chunk_size], ignore_index=IGNORE_INDEX, reduction="sum")
         preds.append(z.argmax(-1))
     return ce, torch.cat(preds) if preds else labels.new_zeros(0)
-
-
-def check_teachers_fit(task: str, teachers, names) -> None:
-    """Every teacher is of the student's task.
-
-    A teacher may be larger or of another family (its own hidden size and head): only its output vocabulary
-    must be the student's, token for token (sizes: ``core.teachers.check_teacher_vocab``; token->id maps and
-    special ids: ``core.teachers.check_teacher_tokenizers``, both called by the trainer).
-    """
-    for t, name in zip(teachers, names):
-        got = model_task(t)
-        if got is not None and got != task:
-            raise ValueError(f"teacher {name!r} ({type(t).__name__}) is a {got.upper()} model but the student is "
-                             f"trained as {task.upper()}; expected teachers of the student's task")

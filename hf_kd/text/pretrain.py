@@ -148,8 +148,8 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, args: 
     metrics["perplexity"] = math.exp(min(eval_metrics["eval_loss"], 50.0))
     metrics["gpu_hours"] = trainer.cost_callback.meter.gpu_hours
     metrics["eval_gpu_hours"] = trainer.cost_callback.meter.eval_gpu_hours
-    metrics["kd_stop_step"] = trainer.kd_stop_step if trainer.teachers else 0
-    metrics["num_teachers"] = len(trainer.teachers)
+    metrics["kd_stop_step"] = trainer.kd_stop_step if trainer.teacher_names else 0
+    metrics["num_teachers"] = len(trainer.teacher_names)
     metrics["teacher_forwards"] = trainer.teacher_forwards
     trainer.save_metrics("all", {k: (float(v) if isinstance(v, np.floating) else v) for k, v in metrics.items()})
     # As run_mlm.py: print the final train/eval metrics and keep them in train_results.json / eval_results.json.

@@ -1,5 +1,7 @@
 """``DistillationTrainer``: MLM or causal-LM pretraining with KD from one or more teachers, a KD cutoff, and cost
-accounting. The causal-LM loss lives in :mod:`hf_kd.text.clm_loss` (mixed in); the task is read from the model.
+accounting. The task is read from the model (:mod:`hf_kd.text.task`) and its loss is an objective object chosen
+once (:mod:`hf_kd.text.objective`: MLM or causal LM); the teachers' side of the KD term comes from a teacher
+source (:mod:`hf_kd.text.teacher_targets`).
 
     from hf_kd import DistillationTrainer, DistillationTrainingArguments
     args = DistillationTrainingArguments(output_dir="out", max_steps=1000, kd_alpha=0.5, kd_stop_ratio=0.5)
@@ -18,49 +20,62 @@ ignores ``num_items_in_batch`` and is wrong under gradient accumulation in trans
 
 Logged terms (``hf_kd.core.log_terms``): a training log line covers the ``logging_steps`` optimizer steps since
 the previous one. ``mlm_loss`` is the mean MLM term over those steps, ``kd_loss`` the mean KD term over the
-window's KD steps only, and ``kd_weight`` the mean KD weight over the window (``kd_alpha`` x KD steps / steps:
+window's KD steps only (``clm_loss`` instead of ``mlm_loss`` for causal LMs), and ``kd_weight`` the mean KD weight over the window (``kd_alpha`` x KD steps / steps:
 ``kd_alpha`` before the stop step, 0 after, a fraction on the window that straddles the stop).
 
 Hot path: a micro-batch reads one value on the host, the number of its loss rows (a data-dependent shape:
-one ``nonzero`` shared by student head, teacher heads and labels, :class:`~hf_kd.text.sparse_head.Rows`;
+one ``nonzero`` shared by student head, teacher heads and labels, :class:`~hf_kd.text.rows.Rows`;
 ``kd_positions='all'`` adds one for its KD rows). Token counts, logged terms and the non-finite flag are
 summed on the device; the guard reads one fused flag per optimizer step (reusing the
 gradient norm the Trainer computes anyway) and the logged values are read once per log line.
+
+Private ``Trainer`` methods overridden here (transformers 5.x; the only places that depend on its internals):
+
+| override | why |
+|---|---|
+| ``get_batch_samples`` | the step's loss-position counts, ours (causal LMs, KD positions), before the step's micro-batches run |
+| ``_get_grad_norm`` | keeps the gradient norm the Trainer computes anyway, so the non-finite guard needs no second pass |
+| ``_load_callback_state`` | ``--restore_callback_states_from_checkpoint`` would replace our ``CostCallback`` (and its teacher hooks) |
+| ``_get_output_dir`` | points the Trainer's own checkpoint writer at the staging folder while a checkpoint is saved |
+| ``_save_checkpoint`` | writes every checkpoint staged and publishes it by one rename (a killed save leaves nothing resumable) |
+| ``_push_from_checkpoint`` | an async Hub upload must read the published folder, not the staging one |
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections import deque
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, Trainer
 
-from ..core.callbacks import CostCallback, PreOptimizerStepHook
-from ..core.checkpointing import latest_complete_checkpoint, save_checkpoint_atomically
+from ..core.callbacks import CostCallback, PreOptimizerStepHook, TrainBeginHook
+from ..core.checkpointing import StagedCheckpoint, latest_complete_checkpoint
+from ..core.distributed import deepspeed_stage, prepare_teachers
 from ..core.errors import NonFiniteLossError
 from ..core.log_terms import TermWindow
-from ..core.losses import IGNORE_INDEX, distillation_loss
-from ..core.schedule import kd_is_active, resolve_kd_stop_step, teacher_indices
+from ..core.schedule import kd_is_active, resolve_kd_stop_step
 from ..core.teachers import (
     check_teacher_tokenizers,
     check_teacher_vocab,
     freeze_teacher,
     load_pretrained,
-    release_teachers,
     tokenizer_source,
 )
-from .clm import check_teachers_fit, resolve_kd_task
-from .clm_loss import CausalLMLossMixin
+from .clm_objective import CLMObjective
 from .config import DistillationTrainingArguments
-from .sparse_head import Rows, SparseHead
+from .mlm_objective import MLMObjective
+from .objective import LossSettings, MicroBatch, Objective, StepCounts, attention
+from .sparse_head import SparseHead
+from .task import check_teacher_config, check_teachers_fit, resolve_kd_task
+from .teacher_targets import LiveTeachers
 
 logger = logging.getLogger(__name__)
 
 TeacherSpec = torch.nn.Module | str | Sequence[torch.nn.Module | str] | None
-TEACHER_CALLS_KEPT = 4096  # recent (step, teacher) pairs kept for audits; the total is teacher_forwards
+TEACHER_AUTO_CLASS = {"mlm": AutoModelForMaskedLM, "clm": AutoModelForCausalLM}
 
 
 def _teacher_dtype(args: DistillationTrainingArguments) -> torch.dtype:
@@ -70,16 +85,32 @@ def _teacher_dtype(args: DistillationTrainingArguments) -> torch.dtype:
     return getattr(torch, args.teacher_dtype)
 
 
-def load_teachers(spec: TeacherSpec, args: DistillationTrainingArguments,
-                  auto_class=AutoModelForMaskedLM) -> tuple[list[torch.nn.Module], list[str]]:
-    """Models, paths or Hub ids (or a list of them) -> frozen teacher modules and their display names."""
+def teacher_items(spec: TeacherSpec, args: DistillationTrainingArguments) -> list[torch.nn.Module | str]:
+    """The teachers asked for, as a list (``None``: ``args.teacher_model_name_or_path``)."""
     if spec is None:
         spec = args.teacher_model_name_or_path or []
-    items = [spec] if isinstance(spec, torch.nn.Module | str) else list(spec)
+    return [spec] if isinstance(spec, torch.nn.Module | str) else list(spec)
+
+
+def load_teachers(spec: TeacherSpec, args: DistillationTrainingArguments,
+                  task: str = "mlm") -> tuple[list[torch.nn.Module], list[str]]:
+    """Models, paths or Hub ids (or a list of them) -> teacher modules (on the host) and their display names.
+
+    A teacher given by path is checked to be a ``task`` checkpoint from its config before its weights load.
+    """
+    from transformers import AutoConfig
+
     teachers, names = [], []
-    for item in items:
+    for item in teacher_items(spec, args):
         if isinstance(item, str):
-            model = load_pretrained(item, auto_class, dtype=_teacher_dtype(args),
+            if Path(item).is_dir() and (Path(item) / "config.json").is_file():
+                try:
+                    config = AutoConfig.from_pretrained(item, trust_remote_code=args.teacher_trust_remote_code)
+                except (OSError, ValueError):
+                    config = None  # unreadable or remote code: load_pretrained below says why, in one line
+                if config is not None:
+                    check_teacher_config(item, config, task)
+            model = load_pretrained(item, TEACHER_AUTO_CLASS[task], dtype=_teacher_dtype(args),
                                     trust_remote_code=args.teacher_trust_remote_code,
                                     allow_pickle=args.allow_pickle_weights)
             teachers.append(model)
@@ -90,7 +121,7 @@ def load_teachers(spec: TeacherSpec, args: DistillationTrainingArguments,
     return teachers, names
 
 
-class DistillationTrainer(CausalLMLossMixin, Trainer):
+class DistillationTrainer(Trainer):
     """A ``transformers.Trainer`` whose loss is ``(1 - a) * CE + a * T^2 * KL`` until the KD stop step, for masked
     LMs (CE at masked positions) and causal LMs (next-token CE and KD; ``args.kd_task``). Other models are refused.
 
@@ -111,43 +142,59 @@ class DistillationTrainer(CausalLMLossMixin, Trainer):
         if args is None or not isinstance(args, DistillationTrainingArguments):
             raise TypeError("DistillationTrainer needs args=DistillationTrainingArguments(...)")
         self.kd_task = resolve_kd_task(model, args.kd_task)  # refuses a model we have no loss for
-        auto_class = AutoModelForCausalLM if self.kd_task == "clm" else AutoModelForMaskedLM
-        self.teachers, self.teacher_names = load_teachers(teacher_model, args, auto_class)
-        check_teacher_vocab(model, self.teachers, self.teacher_names)
-        items = teacher_model if teacher_model is not None else args.teacher_model_name_or_path or []
-        items = [items] if isinstance(items, torch.nn.Module | str) else list(items)
-        check_teacher_tokenizers(kwargs.get("processing_class"), [tokenizer_source(i) for i in items],
+        teachers, self.teacher_names = load_teachers(teacher_model, args, self.kd_task)
+        check_teacher_vocab(model, teachers, self.teacher_names)
+        check_teacher_tokenizers(kwargs.get("processing_class"),
+                                 [tokenizer_source(i) for i in teacher_items(teacher_model, args)],
                                  self.teacher_names, trust_remote_code=args.teacher_trust_remote_code)
-        check_teachers_fit(self.kd_task, self.teachers, self.teacher_names)
-        if args.kd_teacher_selection == "sample" and not self.teachers:
+        check_teachers_fit(self.kd_task, teachers, self.teacher_names)
+        if args.kd_teacher_selection == "sample" and not teachers:
             # 'mean' is the default, so 'sample' was asked for explicitly: without a teacher it would be ignored.
             raise ValueError("kd_teacher_selection='sample' needs at least one teacher (--teacher_model_name_or_path); "
                              "expected a teacher, or drop the flag for a no-KD baseline")
-        if args.kd_teacher_selection == "sample" and len(self.teachers) == 1:
+        if args.kd_teacher_selection == "sample" and len(teachers) == 1:
             logger.info("kd_teacher_selection='sample' with one teacher: that teacher is used at every KD step")
         super().__init__(model=model, args=args, **kwargs)
         # Count labelled tokens for every model, so num_items_in_batch always reaches compute_loss.
         self.model_accepts_loss_kwargs = True
-        self.cost_callback = CostCallback(teachers=self.teachers, unit="tokens")
+        self.cost_callback = CostCallback(teachers=teachers, unit="tokens")
         self.callback_handler.callbacks.insert(0, self.cost_callback)  # before reporters, so they see the keys
         self.add_callback(PreOptimizerStepHook(self._guard_optimizer_step))
-        self._prepare_teachers()
-        sparse = args.sparse_mlm_head and self.kd_task == "mlm"
-        self._student_head = SparseHead.attach(self.model) if sparse else None
-        self._teacher_heads = [SparseHead.attach(t) if sparse else None for t in self.teachers]
-        if self.kd_task == "clm":
-            self._clm_setup()
-        self._teachers_released = False
+        self.add_callback(TrainBeginHook(self._place_teachers))
+        for t in teachers:
+            freeze_teacher(t)
+        self.objective: Objective = self._build_objective(teachers)
+        del teachers  # the teacher source holds the only references (it frees them at the KD stop)
         self._kd_count: torch.Tensor | None = None
-        self._terms = TermWindow()
+        self._terms = TermWindow(self.objective.log_key)
         self._nonfinite_flags: torch.Tensor | None = None  # [count, last value] of non-finite losses this step
         self._step_grad_norm = None  # the Trainer's gradient norm of the step being taken (see _get_grad_norm)
-        self._recent_teacher_calls: deque[tuple[int, int]] = deque(maxlen=TEACHER_CALLS_KEPT)
+
+    def _build_objective(self, teachers: list[torch.nn.Module]) -> Objective:
+        """The task's objective, with the live teachers as its source of KD targets."""
+        deepspeed = self.is_deepspeed_enabled
+        settings = LossSettings.from_args(self.args)
+        source = LiveTeachers(teachers, [], self.args.kd_teacher_selection, self.args.seed, deepspeed)
+        if self.kd_task == "clm":
+            sharded = deepspeed and deepspeed_stage(self.accelerator) == 3
+            return CLMObjective(self.model, source, settings, self.args.clm_chunk_size, sharded)
+        sparse = self.args.sparse_mlm_head
+        source.readers[:] = MLMObjective.teacher_readers(teachers, sparse)
+        return MLMObjective(source, settings, SparseHead.attach(self.model) if sparse else None)
+
+    @property
+    def teachers(self) -> list[torch.nn.Module]:
+        """The teachers as they are called (a ZeRO-3 teacher is its engine); empty once freed at the KD stop."""
+        return self.objective.teachers.modules
+
+    @property
+    def teachers_released(self) -> bool:
+        return self.objective.teachers.released
 
     @property
     def teacher_calls(self) -> list[tuple[int, int]]:
         """The most recent (global_step, teacher index) pairs, one per teacher forward (bounded: audits, tests)."""
-        return list(self._recent_teacher_calls)
+        return list(self.objective.teachers.calls)
 
     @property
     def teacher_forwards(self) -> int:
@@ -164,11 +211,17 @@ class DistillationTrainer(CausalLMLossMixin, Trainer):
         callbacks.insert(0, self.cost_callback)
 
     # -- teachers ---------------------------------------------------------------------------------------
-    def _prepare_teachers(self) -> None:
-        from ..core.distributed import prepare_teachers  # one place for per-engine teacher placement
-
-        self.teachers = prepare_teachers(self.teachers, self.accelerator, self.args, _teacher_dtype(self.args))
-        for t in self.teachers:
+    def _place_teachers(self, state) -> None:
+        """At train begin (a resumed run's step is known): place the teachers on the training device if a step
+        still needs them, else free them without ever placing them (a run resumed past the KD stop)."""
+        source = self.objective.teachers
+        if source.released or not source.modules:
+            return
+        if not self.kd_active(state.global_step):
+            self.objective.release_teachers()
+            return
+        source.modules[:] = prepare_teachers(source.modules, self.accelerator, self.args, _teacher_dtype(self.args))
+        for t in source.modules:
             freeze_teacher(t)
 
     @property
@@ -182,88 +235,38 @@ class DistillationTrainer(CausalLMLossMixin, Trainer):
     def kd_active(self, step: int | None = None) -> bool:
         step = self.state.global_step if step is None else step
         # kd_alpha = 0: the KD term has no weight, so its teacher forwards would be pure cost.
-        return bool(self.teachers) and self.args.kd_alpha > 0 and kd_is_active(step, self.kd_stop_step)
+        return bool(self.teacher_names) and self.args.kd_alpha > 0 and kd_is_active(step, self.kd_stop_step)
 
     # -- step-level counts ------------------------------------------------------------------------------
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batch_samples, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
         # A device tensor, read by the cost meter at logging time only (no host sync per step).
-        local_tokens = torch.as_tensor(sum(_attention(b).sum() for b in batch_samples), device=device)
-        self.cost_callback.add_items(local_tokens)
-        self._kd_count = None
-        if self.args.kd_positions == "all" and self.kd_active():
-            count = local_tokens
-            if self.args.average_tokens_across_devices and self.args.world_size > 1:
-                count = self.accelerator.gather(count).sum()
-            self._kd_count = count
-        if self.kd_task == "clm":  # next-token counts of our own: the Trainer's depend on the model's loss_type
-            num_items, self._kd_count = self._clm_step_counts(batch_samples, device)
-        return batch_samples, num_items
+        self.cost_callback.add_items(torch.as_tensor(sum(attention(b).sum() for b in batch_samples), device=device))
+        counts: StepCounts = self.objective.step_counts(batch_samples, device, self.kd_active(), self._gather_count)
+        self._kd_count = counts.kd
+        return batch_samples, num_items if counts.ce is None else counts.ce
+
+    def _gather_count(self, count: torch.Tensor) -> torch.Tensor:
+        """A step count summed over ranks when the loss is normalised by the global count."""
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            return self.accelerator.gather(count.reshape(1)).sum()
+        return count
 
     # -- the loss -------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not model.training:
-            if self.kd_task == "clm":
-                return self._clm_eval_loss(model, dict(inputs), return_outputs)
-            return self._eval_loss(model, inputs, return_outputs)
-        inputs = dict(inputs)
-        labels = inputs.pop("labels")
+            return self.objective.eval_loss(model, dict(inputs), return_outputs)
         step = self.state.global_step
         active = self.kd_active(step)
-        if not active and self.teachers and not self._teachers_released:
-            release_teachers(self.teachers)
-            self._teachers_released = True
-        if self.kd_task == "clm":
-            out, outputs = self._clm_loss(model, {**inputs, "labels": labels}, active, step, num_items_in_batch), {}
-        else:
-            out, s_logits = self._mlm_loss(model, inputs, labels, active, step, num_items_in_batch)
-            outputs = {"logits": s_logits}
+        if not active and self.teacher_names and not self.teachers_released:
+            self.objective.release_teachers()
+        out, outputs = self.objective.train_loss(model, MicroBatch(dict(inputs), step, active, num_items_in_batch,
+                                                                   self._kd_count if active else None))
         self._terms.add(step, out.ce, out.kd)
         loss = self._check_finite(out.loss)
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             loss = loss * self.accelerator.num_processes  # ranks' gradients are averaged; the count is global
         return (loss, outputs) if return_outputs else loss
-
-    def _mlm_loss(self, model, inputs: dict, labels: torch.Tensor, active: bool, step: int, num_items_in_batch):
-        """CE at masked positions + KD at ``kd_positions``; returns (the loss terms, the student's logits)."""
-        masked = labels != IGNORE_INDEX
-        masked_rows = Rows(masked)  # one row count per mask and micro-batch, shared by every selection below
-        kd_mask = masked if self.args.kd_positions == "masked" else _attention(inputs).bool()
-        kd_rows = masked_rows if self.args.kd_positions == "masked" else Rows(kd_mask)
-        student_rows = masked_rows if not active or self.args.kd_positions == "masked" else None
-        s_logits, rows = self._logits(model, self._student_head, inputs, student_rows)
-        labels_rows = rows.take(labels) if rows is not None else labels
-        t_logits = self._teacher_logits(inputs, kd_rows, step) if active else None
-        # clamp: a step without any masked token has CE sum 0 and must give loss 0, not 0/0 = NaN
-        ce_den = (torch.as_tensor(num_items_in_batch) if num_items_in_batch is not None else masked.sum()).clamp(min=1)
-        kd_den = ce_den if self._kd_count is None else self._kd_count
-        # Sparse student rows are only used when they are exactly the KD rows (masked positions).
-        out = distillation_loss(
-            s_logits, labels_rows, t_logits, kd_mask if rows is None else None, alpha=self.args.kd_alpha,
-            temperature=self.args.kd_temperature, divergence=self.args.kd_divergence, ce_denominator=ce_den,
-            kd_denominator=kd_den,
-        )
-        return out, s_logits
-
-    def _logits(self, model, head: SparseHead | None, inputs: dict, rows: Rows | None):
-        """Logits of ``model`` at ``rows`` ([M, V], sparse head) or everywhere ([B, L, V]); returns (logits, rows)."""
-        if head is not None and rows is not None:
-            with head.select(rows):
-                return model(**inputs).logits, rows
-        return model(**inputs).logits, None
-
-    def _teacher_logits(self, inputs: dict, kd_rows: Rows, step: int) -> list[torch.Tensor]:
-        idx = teacher_indices(step, len(self.teachers), self.args.kd_teacher_selection, self.args.seed)
-        # inference_mode skips all autograd bookkeeping (teacher forward ~15% faster than under no_grad on CPU,
-        # benchmarks/kd_overhead.py); ZeRO-3's gather hooks write into parameters, which it forbids -> no_grad.
-        ctx = torch.no_grad() if self.is_deepspeed_enabled else torch.inference_mode()
-        logits = []
-        with ctx:
-            for i in idx:
-                self._recent_teacher_calls.append((step, i))
-                t_logits, rows = self._logits(self.teachers[i], self._teacher_heads[i], inputs, kd_rows)
-                logits.append(t_logits if rows is not None else kd_rows.take(t_logits))
-        return logits
 
     def _check_finite(self, loss: torch.Tensor) -> torch.Tensor:
         """Note a non-finite loss on the device; it is acted on before the optimizer step, where ranks can agree."""
@@ -325,40 +328,42 @@ class DistillationTrainer(CausalLMLossMixin, Trainer):
         return self._staging_dir or super()._get_output_dir(trial)
 
     def _save_checkpoint(self, model, trial) -> None:
-        save_checkpoint_atomically(self, model, trial, super()._save_checkpoint)
+        """The Trainer's own save, redirected into a staging folder by ``_get_output_dir``; every rank writes its
+        part (weights, optimizer shards, ``rng_state_<rank>.pth``) there, and the saving process publishes it once
+        all are done, fixing ``best_model_checkpoint`` (recorded with the staging path) and rotating old ones."""
+        stage = StagedCheckpoint(Path(super()._get_output_dir(trial)), self.state.global_step)
+        if self.args.should_save:
+            stage.clear_leftovers()
+        self.accelerator.wait_for_everyone()
+        self._staging_dir = str(stage.root)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_dir = None
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            if self.state.best_model_checkpoint == str(stage.staged):
+                self.state.best_model_checkpoint = str(stage.final)
+                self.state.save_to_json(str(stage.staged / "trainer_state.json"))
+            stage.publish(self.args.save_total_limit, self.state.best_model_checkpoint)
+        self.accelerator.wait_for_everyone()
+        if self.args.push_to_hub:
+            self._push_from_checkpoint(str(stage.final))  # deferred: an async upload must not read the staging path
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         if self._staging_dir is None:  # an async upload must not read the staging folder; pushed once published
             super()._push_from_checkpoint(checkpoint_folder)
 
-    def _eval_loss(self, model, inputs, return_outputs):
-        """Plain MLM loss (mean over masked tokens) of the student; never calls a teacher."""
-        inputs = dict(inputs)
-        labels = inputs.pop("labels")
-        masked = labels != IGNORE_INDEX
-        rows = Rows(masked)
-        logits, sparse = self._logits(model, self._student_head, inputs, rows)
-        flat = logits if sparse is not None else rows.take(logits)
-        target = rows.take(labels)
-        loss = torch.nn.functional.cross_entropy(flat.float(), target, reduction="sum") / masked.sum().clamp(min=1)
-        if not return_outputs:
-            return loss
-        preds = torch.full_like(labels, IGNORE_INDEX)
-        preds.view(-1).index_copy_(0, rows.index, flat.argmax(-1))
-        return loss, {"loss": loss, "logits": preds}
-
     # -- logging ----------------------------------------------------------------------------------------
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # a training line: add the two unweighted terms and the KD weight of its window
-            alpha = self.args.kd_alpha if self.teachers else 0.0
+            alpha = self.args.kd_alpha if self.teacher_names else 0.0
             logs.update(self._terms.read(alpha, self.args.device, self.args.world_size,
                                          self.args.average_tokens_across_devices,
                                          lambda t: self.accelerator.reduce(t, reduction="sum")))
-            calls = self._recent_teacher_calls
+            calls = self.objective.teachers.calls
             if self.args.kd_teacher_selection == "sample" and calls and calls[-1][0] == self.state.global_step - 1:
                 logs["kd_teacher"] = calls[-1][1]  # the teacher of the step just done (audits)
-            if self.kd_task == "clm":
-                logs["clm_loss"] = logs.pop("mlm_loss")
         super().log(logs, start_time)
 
 
@@ -375,9 +380,3 @@ def _grads_bad(model: torch.nn.Module, grad_norm, device) -> torch.Tensor:
     norms = torch._foreach_norm(grads)
     return ~torch.stack([n.to(device) for n in norms]).isfinite().all()
 
-
-def _attention(batch: dict) -> torch.Tensor:
-    """Non-padding positions of a batch: its attention mask, or all ones."""
-    if batch.get("attention_mask") is not None:
-        return batch["attention_mask"]
-    return torch.ones_like(batch["input_ids"])

@@ -50,8 +50,9 @@ def test_pretrain_sweep_report(tmp_path, monkeypatch, capsys):
     out = report.main([str(results), "--baseline", "baseline", "--output_dir", str(tmp_path / "report")])
     md = capsys.readouterr().out
     (s,) = out["speedups"]
-    assert s["run"] == "kd" and (s["paper"] in ("not reached", "no signal") or s["paper"].endswith("x"))
-    assert "| kd | " in md and s["paper"] in md and "GLUE average (BERT Table 1) over 1/8 tasks present (rte" in md
+    assert s["run"] == "kd" and s["paper"]["verdict"] in ("REPRODUCED", "not reproduced", "inconclusive")
+    assert "| kd | " in md and s["paper"]["text"] in md and "machine load can bend it" in md
+    assert out["levels"]["tasks"]["rte"]["entries"] == 8  # every line carries its dev set's majority-class level and "GLUE average (BERT Table 1) over 1/8 tasks present (rte" in md
     assert len(out["rows"]) == 4 and all(r["n"] == 2 for r in out["rows"])
     assert (tmp_path / "report" / "curves.png").stat().st_size > 10_000
     assert len((tmp_path / "report" / "table.csv").read_text().splitlines()) == 5

@@ -44,16 +44,20 @@ def test_paper_speedups_through_report(tmp_path, capsys):
     out = report.main([str(res), "--baseline", "baseline", "--output_dir", str(tmp_path / "rep")])
     s = {r["run"]: r for r in out["speedups"]}
     assert set(s) == {"kd", "kd_first", "kd_dip", "kd_slow"}
-    assert s["kd"]["paper_speedup"] == pytest.approx(1.6) and s["kd"]["crossing_cost"] == pytest.approx(2.5)
-    assert s["kd_first"]["paper_speedup"] == pytest.approx(4.0)
-    assert s["kd_dip"]["paper_speedup"] == pytest.approx(1.5)
-    assert s["kd_slow"]["paper_speedup"] is None and s["kd_slow"]["paper"] == "not reached"
+    assert s["kd"]["crossing_cost"] == pytest.approx(2.5)  # the seed-mean curve: a cost, not a speed-up
     want = per_seed_kd()
-    assert s["kd"]["paper_speedup_per_seed"] == pytest.approx(want)
-    assert s["kd"]["paper_seeds"] == f"{statistics.mean(want):.2f}x ± {statistics.stdev(want):.2f} (3/3 seeds)"
-    assert s["kd_slow"]["paper_seeds"] == "not reached (0/3 seeds)"
+    assert s["kd"]["paper"]["per_seed"] == pytest.approx(want)
+    geo = statistics.geometric_mean(want)
+    assert s["kd"]["paper"]["summary"]["mean"] == pytest.approx(geo) and s["kd"]["paper"]["verdict"] == "REPRODUCED"
+    # reached at the first checkpoint: only a lower bound on the speed-up
+    assert s["kd_first"]["paper"]["per_seed"] == pytest.approx([4.0] * 3)
+    assert s["kd_first"]["paper"]["bounds"] == [">="] * 3
+    assert s["kd_dip"]["paper"]["per_seed"][1] == pytest.approx(1.5)  # seed 1: no shift, sustained from 2 + 2/3
+    assert s["kd_slow"]["paper"]["per_seed"] == [None] * 3 and s["kd_slow"]["paper"]["verdict"] == "inconclusive"
+    assert s["kd_slow"]["paper"]["text"] == "not reached on 3 of 3 seeds"
     md = (tmp_path / "rep" / "report.md").read_text()
-    assert "| kd | 2.5 | 1.60x |" in md and "| kd_slow | not reached | not reached |" in md
+    assert f"| kd | 2.5 | {', '.join(f'{x:.2f}x' for x in want)} | {geo:.2f}x" in md and "**REPRODUCED**" in md
+    assert "| kd_slow | not reached | not reached, not reached, not reached |" in md
     assert "GLUE average (BERT Table 1) over 1/8 tasks present (rte;" in md and md in capsys.readouterr().out
     rows = list(csv.DictReader(open(tmp_path / "rep" / "table.csv")))
     assert len(rows) == 5 * 4
@@ -71,13 +75,13 @@ def test_lower_is_better_metric(tmp_path):
                        "--metric", "eval_loss", "--lower_is_better"])
     s = {r["run"]: r for r in out["speedups"]}
     # loss = 10 (1 - accuracy): the same crossings as for accuracy
-    assert s["kd"]["paper_speedup"] == pytest.approx(1.6)
-    assert s["kd_slow"]["paper_speedup"] is None
-    assert s["kd"]["paper_speedup_per_seed"] == pytest.approx(per_seed_kd())
+    assert s["kd"]["crossing_cost"] == pytest.approx(2.5)
+    assert s["kd_slow"]["paper"]["per_seed"] == [None] * 3
+    assert s["kd"]["paper"]["per_seed"] == pytest.approx(per_seed_kd())
     assert out["rows"][0]["mean"] == pytest.approx(5.0)  # baseline, cost 1: loss 10 * 0.5
     higher = report.main([str(res), "--baseline", "baseline", "--output_dir", str(tmp_path / "wrong"),
                           "--metric", "eval_loss"])  # treated as higher-is-better the slow run "wins" at once
-    assert {r["run"]: r for r in higher["speedups"]}["kd_slow"]["paper_speedup"] == pytest.approx(4.0)
+    assert {r["run"]: r for r in higher["speedups"]}["kd_slow"]["paper"]["per_seed"] == pytest.approx([4.0] * 3)
 
 
 def test_budget_frontier(tmp_path):
@@ -91,10 +95,13 @@ def test_budget_frontier(tmp_path):
                        "--output_dir", str(tmp_path / "rep")])
     s = {r["run"]: r for r in out["speedups"]}
     assert set(s) == {"kd", "kd_mid"}
-    # kd_mid's mean final 60.67 at cost 4: frontier cost 2 + (60.67 - 55) / (64 - 55) * 2
+    # kd_mid per seed at cost 4: frontier cost 2 * (4 / 2) ** ((final - 55) / (64 - 55)), log-cost interpolation
     mid_final = 100 * statistics.mean(0.60 + d for d in SEED_SHIFT.values())
-    assert s["kd_mid"]["frontier_speedup"] == pytest.approx((2 + (mid_final - 55) / 9 * 2) / 4)
-    assert s["kd"]["frontier_speedup"] is None and s["kd"]["frontier"] == "not reached"  # beyond the frontier
+    per_seed = [2 * 2 ** ((100 * (0.60 + d) - 55) / 9) / 4 for d in SEED_SHIFT.values()]
+    assert s["kd_mid"]["frontier"]["per_seed"] == pytest.approx(per_seed)
+    assert statistics.mean(100 * (0.60 + d) for d in SEED_SHIFT.values()) == pytest.approx(mid_final)
+    # beyond the best frontier point: the best point's cost / the run's cost is a lower bound
+    assert s["kd"]["frontier"]["bounds"] == [">="] * 3 and s["kd"]["frontier"]["per_seed"] == pytest.approx([1.0] * 3)
     assert "budget frontier" in (tmp_path / "rep" / "report.md").read_text()
 
 
@@ -114,11 +121,12 @@ def test_from_runs_trainer_state(tmp_path):
     out = report.main([*argv, "--output_dir", str(tmp_path / "rep")])
     (s,) = out["speedups"]
     assert s["run"] == "kd" and s["crossing_cost"] == pytest.approx(1.0 + 0.5 * (1 / 1.5))  # 3.0 -> 1.5 crosses 2.0
-    assert s["paper_speedup"] == pytest.approx(2.0 / (1.0 + 1 / 3)) and s["paper_seeds"] == ""
+    assert s["paper"]["per_seed"] == pytest.approx([2.0 / (1.0 + 1 / 3)])
+    assert s["paper"]["verdict"] == "inconclusive" and s["paper"]["reason"] == "1 seed"  # one run: no seeds
     assert [(r["checkpoint"], r["step"]) for r in out["rows"] if r["run"] == "kd"] == [
         ("step-10", 10), ("step-20", 20), ("step-30", 30), ("step-40", 40)]
     by_step = report.main([*argv, "--cost", "step", "--output_dir", str(tmp_path / "rep2")])
-    assert by_step["speedups"][0]["paper_speedup"] == pytest.approx(40 / (20 + 10 / 1.5))
+    assert by_step["speedups"][0]["paper"]["per_seed"] == pytest.approx([40 / (20 + 10 / 1.5)])
 
 
 def test_bad_report_input_writes_nothing(tmp_path):

@@ -50,6 +50,12 @@ def test_all_tasks_results_lines(tmp_path, glue_and_model):
         assert 0.0 <= by_task["mrpc"]["metrics"][k] <= 1.0
     assert by_task["mnli"]["eval_samples"] == {"validation_matched": 8, "validation_mismatched": 8}
     assert by_task["stsb"]["hparams"]["num_train_epochs"] == 5.0
+    # the levels a fine-tune that learned nothing reaches on these dev labels (labels alternate 0, 1, ...)
+    for task, r in by_task.items():
+        assert set(r["levels"]["majority"]) == set(TASKS[task].metrics), task
+    assert by_task["mrpc"]["levels"]["majority"]["accuracy"] == 0.5 and by_task["mrpc"]["levels"]["chance"]["f1"] == 0.5
+    assert by_task["mnli"]["levels"]["majority"]["accuracy_matched"] == 3 / 8  # labels 0, 1, 2, 0, 1, 2, 0, 1
+    assert by_task["stsb"]["levels"]["majority"] == {"pearson": 0.0, "spearmanr": 0.0}
     assert by_task["rte"]["score"] == pytest.approx(100 * by_task["rte"]["metrics"]["accuracy"])
     g = summary["glue_average"]
     assert g["n_seeds"] == 1 and "WNLI excluded" in g["what"] and 0 <= g["mean"] <= 100

@@ -137,14 +137,15 @@ def test_clm_report_shares_the_mlm_speedups_and_verdicts(tmp_path):
 
 
 def test_verdict_rule_is_defined_once():
-    """The CLM protocol reuses the verdict code: no other reproduce module defines a verdict rule of its own."""
-    folder = Path(text.__file__).parent
+    """Every protocol and the GLUE report reuse one verdict rule: nothing else defines one of its own."""
+    repo = Path(text.__file__).parents[2]
     defined = {}
-    for f in folder.glob("*.py"):
+    for f in [*(repo / "hf_kd").rglob("*.py"), *(repo / "glue_eval").rglob("*.py")]:
         for node in ast.walk(ast.parse(f.read_text())):
-            if isinstance(node, ast.FunctionDef) and node.name in ("verdict", "spread_of", "paired_difference"):
-                defined.setdefault(node.name, []).append(f.name)
-    assert defined == {"verdict": ["verdicts.py"], "spread_of": ["verdicts.py"], "paired_difference": ["verdicts.py"]}
+            if isinstance(node, ast.FunctionDef) and node.name in ("verdict", "spread_of", "paired_ratio", "t95"):
+                defined.setdefault(node.name, []).append(f.relative_to(repo).as_posix())
+    where = ["hf_kd/core/uncertainty.py"]
+    assert defined == {"verdict": where, "spread_of": where, "paired_ratio": where, "t95": where}
 
 
 @pytest.mark.parametrize("argv, needle", [

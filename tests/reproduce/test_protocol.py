@@ -38,12 +38,13 @@ def test_speedups_and_findings_on_synthetic_runs():
     assert t["kd_full"]["paper_speedup_step"]["mean"] == pytest.approx(2.0)
     assert t["kd_full"]["paper_speedup_gpu_hours"]["mean"] == pytest.approx(40 / 30)
     assert t["kd_poor_teacher"]["paper_speedup_step"]["mean"] is None  # not reached
-    # frontier in steps: (20, 5.4), (40, 5.0), (80, 4.6); kd_full's final 4.8 needs 60 steps / 60 GPU-h there
-    assert t["kd_full"]["frontier_speedup_step"]["mean"] == pytest.approx(60 / 40)
-    assert t["kd_full"]["frontier_speedup_gpu_hours"]["mean"] == pytest.approx(60 / 60)
-    assert t["kd_stop50"]["frontier_speedup_gpu_hours"]["mean"] == pytest.approx(70 / 50)
-    # poor teacher final 5.2 -> frontier cost 20 + (5.2-5.4)/(5.0-5.4)*20 = 30 steps, run used 40
-    assert t["kd_poor_teacher"]["frontier_speedup_step"]["mean"] == pytest.approx(30 / 40)
+    # frontier in steps: (20, 5.4), (40, 5.0), (80, 4.6), interpolated in log cost; kd_full's final 4.8 needs
+    # 40 * 2**0.5 steps / GPU-h there, kd_stop50's 4.7 needs 40 * 2**0.75
+    assert t["kd_full"]["frontier_speedup_step"]["mean"] == pytest.approx(40 * 2**0.5 / 40)
+    assert t["kd_full"]["frontier_speedup_gpu_hours"]["mean"] == pytest.approx(40 * 2**0.5 / 60)
+    assert t["kd_stop50"]["frontier_speedup_gpu_hours"]["mean"] == pytest.approx(40 * 2**0.75 / 50)
+    # poor teacher final 5.2, half-way between 20 and 40 steps in quality -> 20 * 2**0.5 steps; the run used 40
+    assert t["kd_poor_teacher"]["frontier_speedup_step"]["mean"] == pytest.approx(20 * 2**0.5 / 40)
     f = {x["finding"].split()[0]: x for x in findings(t, TEXT)}
     assert all(x["verdict"] in ("inconclusive", "not drawn") for x in f.values())  # one seed never decides
     assert "1 seed" in t["kd_stop50"]["verdict_reason"]

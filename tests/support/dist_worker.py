@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import sys
+import weakref
 from pathlib import Path
 
 import torch
@@ -30,6 +31,8 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # launched as a script by torchrun
     sys.path.insert(0, str(REPO))
+
+from transformers import TrainerCallback  # noqa: E402
 
 from tests.support.data import ForwardCounter, ListDataset, clm_examples, mlm_examples  # noqa: E402
 from tests.support.models import tiny_bert, tiny_gpt2  # noqa: E402
@@ -88,7 +91,24 @@ def build_trainer(engine: str, out: Path, world_size: int, teachers: int = 1, se
                                   data_collator=default_data_collator)
     # On the model itself (a DeepSpeed engine's .module): its hooks fire inside the engine's forward too.
     trainer.teacher_forward_counters = [ForwardCounter(getattr(t, "module", t)) for t in trainer.teachers]
+    trainer.add_callback(PlacementRecorder(trainer))
     return trainer
+
+
+class PlacementRecorder(TrainerCallback):
+    """How the teachers were placed, read at the first step (they are freed at the KD stop), and what is left of
+    them after training (nothing: the trainer holds no teacher module, engine or parameter)."""
+
+    def __init__(self, trainer):
+        self.trainer, self.placement = trainer, None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.placement is None:
+            teachers = self.trainer.teachers
+            self.placement = {"teacher_types": [type(t).__name__ for t in teachers],
+                              "teacher_partition_share": [partition_share(t) for t in teachers],
+                              "teacher_refs": [weakref.ref(t) for t in teachers]
+                              + [weakref.ref(getattr(t, "module", t)) for t in teachers]}
 
 
 def partition_share(teacher: torch.nn.Module) -> float:
@@ -101,18 +121,25 @@ def partition_share(teacher: torch.nn.Module) -> float:
 
 def report(trainer) -> dict:
     """What the tests compare across ranks and against the single-process run."""
+    import gc
+
     from hf_kd.core.distributed import engine_name
+
+    recorder = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, PlacementRecorder))
+    gc.collect()
 
     return {
         "rank": trainer.args.process_index,
         "world_size": trainer.args.world_size,
         "num_processes": trainer.accelerator.num_processes,
         "engine": engine_name(trainer.accelerator),
-        "teacher_types": [type(t).__name__ for t in trainer.teachers],
+        "teacher_types": recorder.placement["teacher_types"],
         "kd_stop_step": trainer.kd_stop_step,
         "teacher_calls": trainer.teacher_calls,
         "teacher_forwards": [c.calls for c in trainer.teacher_forward_counters],
-        "teacher_partition_share": [partition_share(t) for t in trainer.teachers],
+        "teacher_partition_share": recorder.placement["teacher_partition_share"],
+        "teachers_left": len(trainer.teachers),
+        "teacher_objects_alive": sum(ref() is not None for ref in recorder.placement["teacher_refs"]),
         "log_history": trainer.state.log_history,
     }
 

@@ -86,6 +86,10 @@ def test_two_processes_match_one(tmp_path, single_process, teacher_dir, engine):
         assert len(r["teacher_calls"]) == KD_STOP  # "sample": one teacher forward per step (GA 1)
         assert sum(r["teacher_forwards"]) == KD_STOP
         assert r["teacher_calls"] == single_process["teacher_calls"]
+        # freed at the KD stop: the trainer holds no teacher, and (replicated engines) no teacher object lives on
+        assert r["teachers_left"] == 0
+        if engine != "zero3":  # a destroyed ZeRO-3 teacher engine is still referenced from inside DeepSpeed
+            assert r["teacher_objects_alive"] == 0
         if engine == "zero3":  # each rank holds about half of each teacher
             assert r["teacher_types"] == ["DeepSpeedEngine"] * 2
             assert all(share <= 0.75 for share in r["teacher_partition_share"]), r["teacher_partition_share"]

@@ -70,9 +70,9 @@ def test_kd_alpha_zero_runs_no_teacher_forward(tmp_path):
 
 def test_teacher_calls_are_bounded_but_counted(tmp_path, monkeypatch):
     """the audit list keeps a bounded recent window; the count covers every forward."""
-    import hf_kd.text.trainer as trainer_module
+    import hf_kd.text.teacher_targets as targets_module
 
-    monkeypatch.setattr(trainer_module, "TEACHER_CALLS_KEPT", 3)
+    monkeypatch.setattr(targets_module, "TEACHER_CALLS_KEPT", 3)
     args = quick_args(tmp_path, max_steps=6, per_device_train_batch_size=2, gradient_accumulation_steps=2,
                       learning_rate=0.01)
     trainer = DistillationTrainer(model=tiny_bert(), teacher_model=tiny_bert(seed=1, layers=1), args=args,

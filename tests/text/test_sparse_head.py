@@ -85,6 +85,6 @@ def test_unknown_heads_fall_back_to_the_full_forward(tmp_path, name):
     args = quick_args(tmp_path, per_device_train_batch_size=4, learning_rate=0.01, sparse_mlm_head=True)
     trainer = DistillationTrainer(model=model.train(), args=args, data_collator=default_data_collator,
                                   train_dataset=ListDataset(mlm_examples(4, seq_len=10, vocab_size=V)))
-    assert trainer._student_head is None
+    assert trainer.objective.student_head is None
     trainer.train()
     assert trainer.state.log_history[0]["mlm_loss"] > 0

@@ -125,7 +125,7 @@ def test_log_history_carries_kd_and_cost_keys(tmp_path):
 def test_teacher_released_and_frozen(tmp_path):
     teacher = tiny_bert(seed=1, layers=1)
     trainer, _ = _run_counted(tmp_path, [teacher], "mean")
-    assert trainer._teachers_released
+    assert trainer.teachers_released
     assert not any(p.requires_grad for p in teacher.parameters())
     assert not teacher.training
     opt_params = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
