@@ -35,7 +35,7 @@ from ..core.cache_format import (
     write_shard,
 )
 from ..core.errors import UserError
-from ..core.fingerprint_stub import model_fingerprint, text_content_hash, tokenizer_hash
+from ..core.fingerprint import model_fingerprint, text_content_hash, tokenizer_hash
 from ..core.schedule import resolve_kd_stop_step
 from .cache_stream import training_batches
 from .cache_targets import ShardProducer
@@ -84,6 +84,12 @@ def producer_teacher_dtype(args: DistillationTrainingArguments) -> str:
     return args.teacher_dtype
 
 
+def teacher_fingerprint(name: str, module: torch.nn.Module) -> str:
+    """A local teacher folder from its saved files (what a reading run can hash without loading it); a Hub id from
+    the weights as loaded, in the dtype they run in."""
+    return model_fingerprint(name) if Path(name).is_dir() else model_fingerprint(module)
+
+
 def stream_manifest(model_args: ModelArguments, data_args: DataArguments, args: DistillationTrainingArguments,
                     cache_args: CacheArguments, task: str, trainer, stop: int) -> Manifest:
     """The manifest of the stream and targets this producer (or, later, a reading run) is about."""
@@ -97,7 +103,7 @@ def stream_manifest(model_args: ModelArguments, data_args: DataArguments, args: 
     names = list(args.teacher_model_name_or_path or [])
     vocab = trainer.model.get_output_embeddings().weight.shape[0]
     return Manifest(
-        task=task, teacher_fingerprints=[model_fingerprint(n) for n in names],
+        task=task, teacher_fingerprints=[teacher_fingerprint(n, t) for n, t in zip(names, trainer.teachers, strict=True)],
         teacher_selection=args.kd_teacher_selection, tokenizer_hash=tokenizer_hash(trainer.processing_class),
         data_hash=data_hash, seed=args.seed, data_seed=args.data_seed,
         per_device_train_batch_size=args.per_device_train_batch_size,
