@@ -223,3 +223,56 @@ def test_two_processes_write_disjoint_shards_addressed_by_rank(env, tmp_path):
                 x, y = double.targets(step, mb, rank), single.targets(step, 2 * mb + rank)
                 assert len(x) > 0 and torch.equal(x.ids, y.ids), (step, mb, rank)
                 torch.testing.assert_close(x.logp, y.logp)
+
+
+@pytest.mark.parametrize("selection", ["mean", "sample"])
+def test_ensembles_store_the_mixture_or_the_teacher_each_step_selects(env, tmp_path, selection):
+    import transformers
+
+    from hf_kd.core.cli_utils import parse_args
+    from hf_kd.core.schedule import teacher_indices
+    from hf_kd.text.cache_stream import training_batches
+    from hf_kd.text.config import DistillationTrainingArguments
+    from hf_kd.text.pretrain import build_trainer
+    from hf_kd.text.script_args import DataArguments, ModelArguments
+
+    second = tiny_model(env.inputs / "teacher-b", env.vocab_size, seed=2)
+    argv = _argv(env, "mlm", tmp_path / "c", str(second), "--kd_teacher_selection", selection, "--top_k", "8",
+                 "--logp_dtype", "float32", max_steps=4)  # the second path extends --teacher_model_name_or_path
+    manifest = cache_producer.main(argv)
+    assert len(manifest.teacher_fingerprints) == 2 and len(set(manifest.teacher_fingerprints)) == 2
+    cache = TeacherCache.open(tmp_path / "c")
+    teachers = [transformers.BertForMaskedLM.from_pretrained(str(p)).eval()
+                for p in (_teacher(env, "mlm"), second)]
+    m, d, a = parse_args((ModelArguments, DataArguments, DistillationTrainingArguments),
+                         [x for x in argv if x not in ("--top_k", "8", "--logp_dtype", "float32")])
+    chosen = set()
+    for step, batches in training_batches(build_trainer(m, d, a), 4):
+        idx = teacher_indices(step, 2, selection, 3)
+        chosen.update(idx)
+        for mb, batch in enumerate(batches):
+            mask = batch["labels"] != -100
+            with torch.no_grad():
+                logits = [teachers[i](**{k: v for k, v in batch.items() if k != "labels"}).logits[mask] for i in idx]
+            want = topk_targets(teacher_log_probs(logits, 2.0), 8)
+            got = cache.targets(step, mb)
+            assert torch.equal(got.ids, want.ids), (step, mb)
+            torch.testing.assert_close(got.logp, want.logp)
+    assert chosen == {0, 1}  # sample drew both teachers over these steps; mean always uses both
+
+
+def test_the_data_hash_covers_every_training_text(env, tmp_path):
+    from hf_kd.core.cache_format import TeacherCacheError
+
+    lines = env.train.read_text().splitlines()
+    edited = env.inputs / "edited.txt"
+    edited.write_text("\n".join(lines[:-1] + [lines[-1] + " ka"]) + "\n")  # only the very last document differs
+    tok = ("--tokenizer_name", str(env.tokenizer))  # one tokenizer: it would otherwise be trained on each text
+    a = cache_producer.main(_argv(env, "mlm", tmp_path / "a", *tok, max_steps=1))
+    argv = _argv(env, "mlm", tmp_path / "b", *tok, max_steps=1)
+    argv[argv.index(str(env.train))] = str(edited)
+    b = cache_producer.main(argv)
+    assert a.data_hash != b.data_hash and a.tokenizer_hash == b.tokenizer_hash
+    assert a.shards[0].sha256 == b.shards[0].sha256  # step 0 never reads that document: only the data hash differs
+    with pytest.raises(TeacherCacheError, match="cache's data_hash is"):
+        TeacherCache.open(tmp_path / "a").check_matches(b)
