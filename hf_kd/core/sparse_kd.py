@@ -14,6 +14,10 @@ This module turns those into the forward KL of ``docs/design.md`` ("Teacher-outp
     common "top-k KD"). Bias: the target claims zero tail mass, so the loss pushes the student to move all its
     mass onto the k stored tokens (over-confidence, growing with the teacher's true rest mass); it can exceed the
     full KL.
+``missing_mass="sampled"``: targets from :func:`sampled_targets` -- ``n`` tokens drawn *from the teacher* per
+    position (Sparse Logit Sampling, Anshumann et al. 2025, with the teacher as the proposal, so every draw has
+    importance weight ``1/n``): ``(1/n) sum_draws (log p_i - log q_i)``. Unbiased: its expectation over the draws is
+    the full KL and the expectation of its gradient the full gradient, at the price of variance (no bias to state).
 
 Temperature: the producer stores ``log softmax(t / T)`` at the run's ``T`` (``Manifest.temperature``). A cache is
 exact only at the temperature it was produced at: re-tempering stored log-probs (``logp / T`` renormalised) is
@@ -35,7 +39,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-MISSING_MASS = ("rest", "renormalize")
+MISSING_MASS = ("rest", "renormalize", "sampled")
 # Stands in for log(0) in the student's rest bucket when the stored ids cover the whole vocabulary: finite, so
 # logsumexp's backward stays defined (exp(-inf - -inf) is NaN); exp() of it is exactly 0 in float32.
 _LOG_ZERO = -1e30
@@ -76,6 +80,8 @@ def sparse_kd_per_row(student_logits: torch.Tensor, targets: SparseTargets, temp
     ids = targets.ids.long()
     t_logp = targets.logp.float()
     s_at = s_logp.gather(-1, ids)
+    if missing_mass == "sampled":
+        return (t_logp - s_at).mean(-1)
     if missing_mass == "renormalize":
         t_norm = t_logp - torch.logsumexp(t_logp, dim=-1, keepdim=True)
         return F.kl_div(s_at, t_norm, reduction="none", log_target=True).sum(-1)
@@ -111,3 +117,16 @@ def topk_targets(teacher_logp: torch.Tensor, k: int) -> SparseTargets:
     else:
         log_rest = torch.logsumexp(teacher_logp.scatter(-1, ids, float("-inf")), dim=-1)
     return SparseTargets(ids=ids.to(torch.int32), logp=logp, log_rest=log_rest)
+
+
+def sampled_targets(teacher_logp: torch.Tensor, n: int, generator: torch.Generator | None = None) -> SparseTargets:
+    """``n`` token ids per row drawn with replacement from the teacher's distribution, with their log-probabilities
+    (for ``missing_mass="sampled"``; ``log_rest`` is NaN: no rest mass is used). Draws come from ``generator``, so a
+    producer seeded per (step, micro-batch) stores the same draws on every rerun."""
+    teacher_logp = teacher_logp.float()
+    if teacher_logp.shape[0] == 0:
+        ids = torch.zeros(0, n, dtype=torch.long, device=teacher_logp.device)
+    else:
+        ids = torch.multinomial(teacher_logp.exp(), n, replacement=True, generator=generator)
+    return SparseTargets(ids=ids.to(torch.int32), logp=teacher_logp.gather(-1, ids),
+                         log_rest=teacher_logp.new_full(teacher_logp.shape[:-1], float("nan")))

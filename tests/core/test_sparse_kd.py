@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from hf_kd.core.losses import distillation_loss, teacher_log_probs
-from hf_kd.core.sparse_kd import SparseTargets, sparse_kd_per_row, sparse_kd_sum, topk_targets
+from hf_kd.core.sparse_kd import SparseTargets, sampled_targets, sparse_kd_per_row, sparse_kd_sum, topk_targets
 
 
 def _logits(rows=6, vocab=11, seed=0, scale=3.0):
@@ -113,3 +113,33 @@ def test_targets_move_and_count():
     targets = topk_targets(F.log_softmax(s, -1), 3)
     assert len(targets) == 6 and targets.ids.dtype == torch.int32
     assert isinstance(targets.to("cpu"), SparseTargets)
+
+
+def test_sampled_tokens_are_unbiased_where_top_k_of_the_same_size_is_not():
+    s, t = _logits(rows=4, vocab=30, seed=9, scale=1.0), _logits(rows=4, vocab=30, seed=10, scale=1.0)
+    t_logp = F.log_softmax(t, -1)
+    dense, dense_grad = _dense_kd_and_grad(s, [t], 1.0)
+    g = torch.Generator().manual_seed(0)
+    draws = 4000
+    values, grads = [], []
+    for _ in range(draws):
+        value, grad = _sparse_kd_and_grad(s, sampled_targets(t_logp, 4, g), 1.0, "sampled")
+        values.append(value)
+        grads.append(grad)
+    values, grads = torch.stack(values), torch.stack(grads)
+    se = values.std() / math.sqrt(draws)
+    assert abs(values.mean() - dense) < 4 * se  # the mean of the estimates is the full KL, within 4 standard errors
+    grad_se = grads.std(0) / math.sqrt(draws)
+    assert ((grads.mean(0) - dense_grad).abs() < 4 * grad_se + 1e-6).float().mean() > 0.99
+    # top-4 targets (same 4 ids per row) are deterministic and off by far more than that
+    top, top_grad = _sparse_kd_and_grad(s, topk_targets(t_logp, 4), 1.0, "rest")
+    assert abs(top - dense) > 20 * se and (top_grad - dense_grad).abs().max() > 20 * grad_se.max()
+
+
+def test_sampled_draws_follow_the_generator():
+    t_logp = F.log_softmax(_logits(), -1)
+    a = sampled_targets(t_logp, 5, torch.Generator().manual_seed(1))
+    b = sampled_targets(t_logp, 5, torch.Generator().manual_seed(1))
+    assert torch.equal(a.ids, b.ids) and a.ids.shape == (6, 5) and torch.isnan(a.log_rest).all()
+    torch.testing.assert_close(a.logp, t_logp.gather(-1, a.ids.long()))
+    assert sampled_targets(t_logp[:0], 5).ids.shape == (0, 5)
