@@ -69,11 +69,12 @@ class Manifest:
     kd_positions: str
     mlm_probability: float | None
     temperature: float
-    top_k: int
+    top_k: int  # tokens stored per KD position (top-k, or the number of draws for sampled targets)
     vocab_size: int
     steps: int
     steps_per_shard: int
     max_train_samples: int | None = None  # caps the chunked training set: another cap is another stream
+    targets: str = "top_k"  # "top_k" (loss: rest bucket or renormalise) or "sampled" (loss: missing_mass="sampled")
     logp_dtype: str = "float16"
     ids_dtype: str = "int32"
     log_rest_dtype: str = "float32"

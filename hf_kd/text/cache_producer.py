@@ -58,6 +58,9 @@ class CacheArguments:
                       "or clm (run_clm_kd.py, which also takes --block_size).", "choices": TASKS})
     top_k: int = field(default=DEFAULT_TOP_K, metadata={"help": "Teacher tokens stored per KD position (the rest mass "
                        "is stored too); >= the vocabulary stores the full distribution. Default chosen in docs/cache.md."})
+    sample_tokens: int = field(default=0, metadata={"help": "Instead of the top k, store this many tokens drawn from "
+                               "the teacher per KD position (Sparse Logit Sampling: an unbiased KD estimate, read with "
+                               "missing_mass='sampled'). 0 = top-k targets."})
     producer_batch_size: int | None = field(default=None, metadata={"help": "Sequences per teacher forward (several "
                                             "micro-batches together). Unset = one training micro-batch at a time."})
     logp_dtype: str = field(default="float16", metadata={"help": "dtype of the stored log-probabilities "
@@ -67,6 +70,8 @@ class CacheArguments:
     def __post_init__(self):
         if self.top_k < 1:
             raise UserError(f"--top_k {self.top_k} is invalid; expected an integer >= 1")
+        if self.sample_tokens < 0:
+            raise UserError(f"--sample_tokens {self.sample_tokens} is invalid; expected 0 (top-k) or an integer >= 1")
         if self.producer_batch_size is not None and self.producer_batch_size < 1:
             raise UserError(f"--producer_batch_size {self.producer_batch_size} is invalid; expected an integer >= 1")
         if self.steps_per_shard < 1:
@@ -110,7 +115,8 @@ def stream_manifest(model_args: ModelArguments, data_args: DataArguments, args: 
         gradient_accumulation_steps=args.gradient_accumulation_steps, world_size=trainer.accelerator.num_processes,
         block_size=data_args.max_seq_length, max_train_samples=data_args.max_train_samples, kd_positions=args.kd_positions,
         mlm_probability=data_args.mlm_probability if task == "mlm" else None, temperature=args.kd_temperature,
-        top_k=min(cache_args.top_k, vocab), vocab_size=vocab, steps=stop, steps_per_shard=cache_args.steps_per_shard,
+        top_k=cache_args.sample_tokens or min(cache_args.top_k, vocab),
+        targets="sampled" if cache_args.sample_tokens else "top_k", vocab_size=vocab, steps=stop, steps_per_shard=cache_args.steps_per_shard,
         logp_dtype=cache_args.logp_dtype, teacher_names=names, max_steps=args.max_steps,
         teacher_dtype=str(next(trainer.teachers[0].parameters()).dtype).removeprefix("torch."))
 
@@ -142,7 +148,8 @@ def produce_cache(model_args: ModelArguments, data_args: DataArguments, args: Di
     entries = {e.index: e for e in done.get("shards", [])}
     if entries:
         logger.info("resuming: %d intact shard(s) of rank %d kept", len(entries), rank)
-    producer = ShardProducer(trainer, task, manifest.top_k, cache_args.producer_batch_size)
+    producer = ShardProducer(trainer, task, manifest.top_k, cache_args.producer_batch_size,
+                             sampled=manifest.targets == "sampled")
     _run_shards(trainer, producer, manifest, folder, rank, entries, seconds, started)
     trainer.accelerator.wait_for_everyone()
     if trainer.accelerator.is_main_process:
@@ -190,7 +197,7 @@ def _write_progress(folder: Path, rank: int, manifest: Manifest, entries: dict[i
 
 def _production_problem(earlier: Manifest, manifest: Manifest) -> str | None:
     """Why targets produced under ``earlier`` cannot stand for ``manifest``'s (same stream and same targets)."""
-    for name in ("top_k", "logp_dtype"):
+    for name in ("targets", "top_k", "logp_dtype"):
         if getattr(earlier, name) != getattr(manifest, name):
             return f"{name} {getattr(earlier, name)!r} there, {getattr(manifest, name)!r} here"
     return mismatch(earlier, manifest, manifest.steps)

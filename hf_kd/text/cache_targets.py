@@ -9,6 +9,7 @@ head is applied per chunk; other models fall back to full logits.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 
 import torch
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from ..core.chunked_kd import default_chunk_size
 from ..core.losses import teacher_log_probs
 from ..core.schedule import teacher_indices
-from ..core.sparse_kd import SparseTargets, topk_targets
+from ..core.sparse_kd import SparseTargets, sampled_targets, topk_targets
 from .cache_stream import kd_rows, model_inputs
 from .clm import HiddenCapture, fused_head
 from .sparse_head import Rows, SparseHead
@@ -29,8 +30,8 @@ class ShardProducer:
     """Sparse targets for ``(step, micro-batch)`` items, as the student at that step needs them (the ``mean``
     ensemble's mixture, or the teacher ``sample`` selects)."""
 
-    def __init__(self, trainer, task: str, top_k: int, producer_batch_size: int | None):
-        self.trainer, self.task, self.top_k = trainer, task, top_k
+    def __init__(self, trainer, task: str, top_k: int, producer_batch_size: int | None, sampled: bool = False):
+        self.trainer, self.task, self.top_k, self.sampled = trainer, task, top_k, sampled
         self.args = trainer.args
         self.limit = producer_batch_size or 0
         teachers = trainer.teachers
@@ -66,8 +67,9 @@ class ShardProducer:
         with torch.inference_mode():
             sources = [self._row_logits(i, stacked, rows) for i in teachers]
             n = int(rows.index.numel())
-            parts = [topk_targets(teacher_log_probs([src(slice(s, s + self.chunk)) for src in sources],
-                                                    self.args.kd_temperature), self.top_k)
+            reduce = self._reducer(group[0], rows.mask.device)
+            parts = [reduce(teacher_log_probs([src(slice(s, s + self.chunk)) for src in sources],
+                                              self.args.kd_temperature))
                      for s in range(0, max(n, 1), self.chunk)]
         # To the host per group: a shard's targets (hundreds of MB for a long causal-LM shard) never sit on the GPU.
         ids, logp, rest = (torch.cat([getattr(p, f) for p in parts]).cpu() for f in ("ids", "logp", "log_rest"))
@@ -77,6 +79,15 @@ class ShardProducer:
             out[(step, mb)] = SparseTargets(ids[start:end], logp[start:end], rest[start:end])
             start = end
         return out
+
+    def _reducer(self, first: Item, device) -> Callable[[torch.Tensor], SparseTargets]:
+        """Full log-probs of a chunk of rows -> stored targets: the top k, or draws seeded by (seed, step, micro-batch,
+        rank) of the group's first item, so that a rerun or a resumed production draws the same tokens."""
+        if not self.sampled:
+            return lambda logp: topk_targets(logp, self.top_k)
+        seed = hash_seed(self.args.seed, first[0], first[1], self.trainer.accelerator.process_index)
+        generator = torch.Generator(device=device).manual_seed(seed)
+        return lambda logp: sampled_targets(logp, self.top_k, generator)
 
     def _row_logits(self, i: int, stacked: dict, rows: Rows) -> Callable[[slice], torch.Tensor]:
         """Teacher ``i``'s logits at ``rows``, as a function of a slice of those rows."""
@@ -92,6 +103,11 @@ class ShardProducer:
         else:
             logits = rows.take(teacher(**stacked).logits)
         return lambda sl: logits[sl]
+
+
+def hash_seed(*parts: int) -> int:
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
 def _stackable(group: list[Item], batch: dict) -> bool:

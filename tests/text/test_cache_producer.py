@@ -276,3 +276,37 @@ def test_the_data_hash_covers_every_training_text(env, tmp_path):
     assert a.shards[0].sha256 == b.shards[0].sha256  # step 0 never reads that document: only the data hash differs
     with pytest.raises(TeacherCacheError, match="cache's data_hash is"):
         TeacherCache.open(tmp_path / "a").check_matches(b)
+
+
+def test_sampled_tokens_are_teacher_draws_with_their_log_probs_and_reproducible(env, tmp_path):
+    import transformers
+
+    from hf_kd.core.cli_utils import parse_args
+    from hf_kd.text.cache_stream import training_batches
+    from hf_kd.text.config import DistillationTrainingArguments
+    from hf_kd.text.pretrain import build_trainer
+    from hf_kd.text.script_args import DataArguments, ModelArguments
+
+    extra = ("--sample_tokens", "16", "--logp_dtype", "float32")
+    a = cache_producer.main(_argv(env, "mlm", tmp_path / "a", *extra, max_steps=2))
+    cache_producer.main(_argv(env, "mlm", tmp_path / "b", *extra, "--producer_batch_size", "12", max_steps=2))
+    assert a.targets == "sampled" and a.top_k == 16
+    x, y = TeacherCache.open(tmp_path / "a"), TeacherCache.open(tmp_path / "b")
+    teacher = transformers.BertForMaskedLM.from_pretrained(str(_teacher(env, "mlm"))).eval()
+    m, d, args = parse_args((ModelArguments, DataArguments, DistillationTrainingArguments),
+                            _argv(env, "mlm", tmp_path / "unused", max_steps=2))
+    distinct = 0
+    for step, batches in training_batches(build_trainer(m, d, args), 2):
+        for mb, batch in enumerate(batches):
+            with torch.no_grad():
+                logits = teacher(**{k: v for k, v in batch.items() if k != "labels"}).logits[batch["labels"] != -100]
+            t_logp = teacher_log_probs([logits], 2.0)
+            got = x.targets(step, mb)
+            assert got.ids.shape == (t_logp.shape[0], 16) and torch.isnan(got.log_rest).all()
+            torch.testing.assert_close(got.logp, t_logp.gather(-1, got.ids.long()))
+            distinct += int((got.ids != got.ids[:, :1]).any(-1).sum())
+            if step == 0 and mb == 0:  # the first group starts at the same item whatever the producer batch
+                assert torch.equal(got.ids, y.targets(step, mb).ids)
+    assert distinct > 0  # draws, not one repeated token
+    rerun = cache_producer.main(_argv(env, "mlm", tmp_path / "c", *extra, max_steps=2))
+    assert [e.sha256 for e in rerun.shards] == [e.sha256 for e in a.shards]
