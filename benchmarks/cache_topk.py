@@ -6,7 +6,8 @@
    (``$HF_KD_TEST_DATA/c4``, else the built-in corpus) with ``run_mlm_kd.py``;
 2. on held-out masked positions (masked exactly as training masks them), compares the sparse KD loss (rest
    bucket and renormalised teacher; log-probs stored as float32/float16/bfloat16) with the dense one at T = 1:
-   relative error of the loss and cosine similarity of the gradient with respect to the student's logits;
+   relative error of the loss and cosine similarity of the gradient with respect to the student's logits; and k
+   tokens drawn from the teacher (``missing_mass="sampled"``, one draw: unbiased, so its error is all variance);
 3. runs ``hf-kd cache-teacher`` for each k and reports the shard bytes per KD position (format overhead included).
 
 Prints one JSON line per configuration and writes ``results.json``; the table in ``docs/cache.md`` comes from it.
@@ -78,7 +79,7 @@ def loss_and_grad(fn, s_logits):
 
 def compare(t_logits, s_logits) -> list[dict]:
     from hf_kd.core.cache_format import LOGP_DTYPES
-    from hf_kd.core.sparse_kd import SparseTargets, sparse_kd_sum, topk_targets
+    from hf_kd.core.sparse_kd import SparseTargets, sampled_targets, sparse_kd_sum, topk_targets
 
     t_logp = F.log_softmax(t_logits.float(), -1)
     dense, dense_grad = loss_and_grad(
@@ -96,6 +97,14 @@ def compare(t_logits, s_logits) -> list[dict]:
                                                                          dim=0)),
                             "rel_grad_error": float((grad - dense_grad).norm() / dense_grad.norm()),
                             "teacher_rest_mass_mean": float(exact.log_rest.exp().mean())})
+        if k < t_logp.shape[-1]:  # k draws from the teacher instead (one draw per position, as a producer stores)
+            drawn = sampled_targets(t_logp, k, torch.Generator().manual_seed(0))
+            value, grad = loss_and_grad(lambda s, t=drawn: sparse_kd_sum(s, t, 1.0, "sampled"), s_logits)
+            out.append({"k": k, "logp_dtype": "float32", "missing_mass": "sampled",
+                        "rel_loss_error": float((value - dense) / dense),
+                        "grad_cosine": float(F.cosine_similarity(grad.double().flatten(),
+                                                                 dense_grad.double().flatten(), dim=0)),
+                        "rel_grad_error": float((grad - dense_grad).norm() / dense_grad.norm())})
     return out
 
 
