@@ -5,6 +5,7 @@
     hf-kd reproduce --corpus my_text.jsonl       # the same on your own text (.txt or .jsonl with a "text" field)
     hf-kd reproduce --preset bert-base-c4        # print the real-scale commands (--launch runs them)
     hf-kd reproduce --task vision                # the same protocol with the ResNet loop (digits default)
+    hf-kd cache-teacher --task mlm ...           # teacher outputs computed once, for students to read (docs/cache.md)
 
 Sub-commands are imported only when run, so ``--help`` and ``--version`` answer without loading torch.
 """
@@ -36,10 +37,18 @@ def reproduce(argv: list[str] | None = None) -> dict | None:
     return run(argv)
 
 
+def cache_teacher(argv: list[str] | None = None):
+    from .text.cache_producer import main as run  # lazy, as reproduce
+
+    return run(argv)
+
+
 # name -> (function taking the remaining argv, one-line help)
 COMMANDS = {
     "reproduce": (reproduce, "the paper's protocol in miniature: teachers, students, speed-ups, report "
                              "(hf-kd reproduce --help)"),
+    "cache-teacher": (cache_teacher, "run the teacher(s) once over a training stream and store top-k targets for "
+                                     "later students (hf-kd cache-teacher --help; docs/cache.md)"),
 }
 
 
