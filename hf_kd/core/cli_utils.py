@@ -111,6 +111,14 @@ def split_config(argv: list[str]) -> tuple[str | None, list[str]]:
     return None, rest
 
 
+def given_flags(argv: list[str] | None = None) -> set[str]:
+    """Names of the flags set explicitly, on the command line or in its ``--config`` file (``learning_rate`` for
+    ``--learning_rate 1e-3`` or ``--learning_rate=1e-3``): a parsed value cannot tell a typed default from none."""
+    config, rest = split_config(list(sys.argv[1:] if argv is None else argv))
+    names = {a[2:].split("=", 1)[0] for a in rest if a.startswith("--")}
+    return names | set(read_config_file(config)) if config is not None else names
+
+
 def _apply_config(parser, path: str) -> None:
     """Make the file's values the parser's defaults, so command-line flags override them (TRL's ``--config``)."""
     values = read_config_file(path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import pickle
 from collections.abc import Sequence
 from pathlib import Path
@@ -90,11 +91,30 @@ def looks_like_local_path(name: str) -> bool:
     return "/" in name and Path(name.split("/", 1)[0]).is_dir()
 
 
+def hub_offline() -> bool:
+    """``HF_HUB_OFFLINE`` as huggingface_hub reads it (``1``/``true``/``yes``/``on``)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def in_hub_cache(repo_id: str) -> bool:
+    """Whether a Hub model ``repo_id`` has been downloaded before (so it loads offline)."""
+    from huggingface_hub import constants
+
+    return (Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}").is_dir()
+
+
 def check_model_reference(name: str, what: str = "teacher") -> None:
-    """A path-like ``name`` that does not exist is an error now, before any Hub call (which would time out)."""
-    if not Path(name).expanduser().exists() and looks_like_local_path(name):
-        raise TeacherLoadError(f"{what} {name!r} does not exist; expected a local model folder or a Hub id "
-                               "(org/name)")
+    """A path-like ``name`` that does not exist is an error now, before any Hub call (which would time out);
+    so is a Hub id that only the Hub could answer while it is switched off (``HF_HUB_OFFLINE``)."""
+    if Path(name).expanduser().exists():
+        return
+    if looks_like_local_path(name):
+        raise TeacherLoadError(f"{what} {name!r} does not exist: no local folder of that name; expected a local "
+                               "model folder or a Hub id (org/name)")
+    if hub_offline() and not in_hub_cache(name):
+        raise TeacherLoadError(f"{what} {name!r}: no local folder of that name exists, and the Hub is offline "
+                               "(HF_HUB_OFFLINE is set) with no cached copy of it; expected a local model folder, "
+                               "or a Hub id downloaded before")
 
 
 def load_pretrained(name_or_path: str, auto_class: type, dtype: torch.dtype | None = None,
@@ -116,7 +136,10 @@ def load_pretrained(name_or_path: str, auto_class: type, dtype: torch.dtype | No
     try:
         model, info = auto_class.from_pretrained(name_or_path, output_loading_info=True, **kwargs)
     except OSError as e:
-        raise TeacherLoadError(f"could not load {what} {name_or_path!r}: {str(e).splitlines()[0]}") from e
+        reason = str(e).splitlines()[0]
+        if "connect" in reason.lower() or "offline" in reason.lower():  # the Hub was the only place left to look
+            reason = f"no local folder of that name exists and the Hub was not reachable ({reason})"
+        raise TeacherLoadError(f"could not load {what} {name_or_path!r}: {reason}") from e
     except ValueError as e:
         if "trust_remote_code" not in str(e):
             raise

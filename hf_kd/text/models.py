@@ -36,13 +36,27 @@ def preset_config(name: str, vocab_size: int, max_position_embeddings: int = 512
     return BertConfig(**cfg)
 
 
+def special_token_ids(tokenizer, vocab_size: int) -> dict[str, int | None]:
+    """bos/eos/pad ids for a from-scratch causal-LM config, always inside the vocabulary or ``None``.
+
+    Left unset, ``GPT2Config`` keeps GPT-2's 50256 (and ``LlamaConfig`` 1/2): outside a trained 8k vocabulary,
+    warned about at every load and saved in ``config.json``/``generation_config.json``. A WordPiece tokenizer has
+    no bos/eos tokens; its ``[CLS]``/``[SEP]`` play those parts.
+    """
+    def first(*names):
+        values = (getattr(tokenizer, n, None) for n in names)
+        return next((v for v in values if isinstance(v, int) and 0 <= v < vocab_size), None)
+
+    return {"bos_token_id": first("bos_token_id", "cls_token_id"), "eos_token_id": first("eos_token_id", "sep_token_id"),
+            "pad_token_id": first("pad_token_id")}
+
+
 def clm_preset_config(name: str, vocab_size: int, max_position_embeddings: int = 1024, tokenizer=None):
     """A ``GPT2Config`` (``tiny``...) or ``LlamaConfig`` (``llama-tiny``...) for one of :data:`CLM_PRESETS`."""
     if name not in CLM_PRESETS:
         raise ValueError(f"model_preset={name!r} is invalid for a causal LM: expected one of {CLM_PRESETS}")
     layers, hidden, heads = PRESET_SHAPES[name.removeprefix("llama-")]
-    ids = {k: getattr(tokenizer, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
-    ids = {k: v for k, v in ids.items() if v is not None}
+    ids = special_token_ids(tokenizer, vocab_size)
     if name.startswith("llama-"):
         return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                            num_key_value_heads=heads, intermediate_size=8 * hidden // 3,
@@ -95,6 +109,25 @@ def check_seq_length(model, max_seq_length: int) -> None:
     if limit is not None and max_seq_length > limit:
         raise ValueError(f"max_seq_length={max_seq_length} is larger than the model's max_position_embeddings={limit}; "
                          f"expected at most {limit}")
+
+
+def check_teacher_positions(teachers, max_seq_length: int, trust_remote_code: bool = False) -> None:
+    """Every teacher (a model, or a folder / Hub id whose config is read without loading weights) takes sequences
+    of ``max_seq_length`` tokens: a shorter one would index past its position table inside its first forward."""
+    for teacher in teachers or ():
+        if isinstance(teacher, str):
+            try:
+                config = AutoConfig.from_pretrained(teacher, trust_remote_code=trust_remote_code)
+            except (OSError, ValueError):
+                continue  # not readable here: loading the teacher reports that, with its own message
+            name = teacher
+        else:
+            config, name = getattr(teacher, "config", None), type(teacher).__name__
+        limit = getattr(config, "max_position_embeddings", None)
+        if isinstance(limit, int) and max_seq_length > limit:
+            raise ValueError(f"teacher {name!r} takes at most {limit} positions (max_position_embeddings) but the "
+                             f"sequences have {max_seq_length} tokens (--block_size / --max_seq_length); expected a "
+                             f"sequence length of at most {limit}, or a teacher with more positions")
 
 
 def teacher_tokenizer_for_student(args: ModelArguments, teachers: Sequence[str] | None, trust_remote_code: bool = False

@@ -12,7 +12,9 @@ from transformers import AutoTokenizer, DataCollatorForLanguageModeling, set_see
 
 from ..core.checkpointing import checkpoint_problem, latest_complete_checkpoint, refuse_nonempty_output_dir
 from ..core.hub import take_hub_settings
+from ..core.paths import check_output_dir_creatable
 from ..core.teachers import check_model_reference
+from ..core.trackers import check_trackers
 from .card import publish_run
 from .config import DistillationTrainingArguments
 from .data import (
@@ -24,7 +26,13 @@ from .data import (
     tokenize_and_chunk,
     train_wordpiece_tokenizer,
 )
-from .models import build_student, check_seq_length, check_vocab_fits, teacher_tokenizer_for_student
+from .models import (
+    build_student,
+    check_seq_length,
+    check_teacher_positions,
+    check_vocab_fits,
+    teacher_tokenizer_for_student,
+)
 from .script_args import DataArguments, ModelArguments
 from .trainer import DistillationTrainer
 
@@ -129,8 +137,10 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, args: Di
 def run_pretraining(model_args: ModelArguments, data_args: DataArguments, args: DistillationTrainingArguments,
                     teacher_model=None, callbacks=None, task: str = "mlm") -> dict[str, float]:
     """Train, save the final model and ``all_results.json``; returns the final metrics."""
+    check_trackers(args.report_to)  # a missing tracker package fails now, not after model and data set-up
     resume = resolve_resume(args)
     check_output_dir(args, resume)
+    check_output_dir_creatable(args.output_dir)
     # A mistyped local path fails now, in one line, not after data prep with a Hub error (or timeout).
     for what, name in (("model", model_args.model_name_or_path), ("tokenizer", model_args.tokenizer_name),
                        ("config", model_args.config_name)):
@@ -138,6 +148,9 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, args: 
             check_model_reference(name, what)
     for name in args.teacher_model_name_or_path or ():
         check_model_reference(name)
+    given = teacher_model if isinstance(teacher_model, list | tuple) else [teacher_model] if teacher_model else []
+    check_teacher_positions([*given, *(args.teacher_model_name_or_path or ())], data_args.max_seq_length,
+                            args.teacher_trust_remote_code)
     hub = take_hub_settings(args)  # we push after training; the Trainer's own push would open the repo now
     trainer = build_trainer(model_args, data_args, args, teacher_model, callbacks, task)
     train_result = trainer.train(resume_from_checkpoint=resume)

@@ -32,6 +32,7 @@ import torch
 from ..core.kd_args import kd_field, validate_kd_fields
 from ..core.schedule import resolve_kd_stop_step
 from ..core.teachers import TeacherLoadError, load_state_dict_file
+from ..core.trackers import check_trackers
 
 logger = logging.getLogger(__name__)
 
@@ -301,6 +302,7 @@ class VisionTrainingArguments:
             raise ValueError(f"mixed_precision={self.mixed_precision!r} is invalid: expected one of {MIXED_PRECISION}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing={self.label_smoothing!r} is invalid: expected a number in [0, 1)")
+        check_trackers(self.report_to)  # the package to install, in one line, before model and data set-up
         if self.report_to != "none":
             from accelerate.tracking import get_available_trackers
 
