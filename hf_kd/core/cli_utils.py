@@ -13,6 +13,7 @@ This module imports neither torch nor transformers at import time: ``hf-kd --hel
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError, NonFiniteLossError, UserError
+from .errors import DataError, Interrupted, NonFiniteLossError, UserError
 
 logger = logging.getLogger("hf_kd")
 
@@ -212,14 +213,35 @@ def is_user_error(e: BaseException) -> bool:
     return isinstance(e, _GENERIC_USER_ERRORS) and raised_by_project(e)
 
 
+def quiet_deepspeed_autodetect() -> None:
+    """With no GPU, tell DeepSpeed it runs on the CPU so it does not warn so at every run.
+
+    Accelerate imports DeepSpeed whenever it is installed (the dev extra), used or not, and DeepSpeed's device
+    auto-detection then prints "Setting accelerator to CPU ..." -- the choice it makes anyway. An explicit
+    ``DS_ACCELERATOR`` is left alone.
+    """
+    if "DS_ACCELERATOR" in os.environ or importlib.util.find_spec("deepspeed") is None:
+        return
+    import torch
+
+    if torch.cuda.device_count() == 0:  # NVML-based: does not initialise CUDA
+        os.environ["DS_ACCELERATOR"] = "cpu"
+
+
 def run_cli(main: Callable[[], object]) -> int:
     """Run ``main``: 0 on success; a user error -> ``error: <one line>`` on stderr and 2; a diverged run -> 1.
 
     Any other exception (a bug) propagates with its traceback. ``HF_KD_DEBUG=1`` re-raises user errors too.
     """
     setup_logging()
+    quiet_deepspeed_autodetect()
     try:
         main()
+    except KeyboardInterrupt as e:  # Ctrl-C: one line, no traceback (a training run says how to resume)
+        if os.environ.get("HF_KD_DEBUG"):
+            raise
+        print(str(e) if isinstance(e, Interrupted) else "interrupted", file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports it
     except Exception as e:
         if not (isinstance(e, NonFiniteLossError) or is_user_error(e)) or os.environ.get("HF_KD_DEBUG"):
             raise

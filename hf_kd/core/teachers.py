@@ -273,8 +273,11 @@ def check_teacher_tokenizers(student_tokenizer, sources: Sequence[str | None], n
     """
     if student_tokenizer is not None and not hasattr(student_tokenizer, "get_vocab"):
         student_tokenizer = getattr(student_tokenizer, "tokenizer", None)  # a processor wrapping a tokenizer
-    uncompared = []
+    uncompared, in_memory = [], []
     for source, name in zip(sources, names):
+        if source is None:  # a model object built by the caller: there is no saved tokenizer to read
+            in_memory.append(name)
+            continue
         teacher_tokenizer = load_tokenizer_of(source, trust_remote_code)
         if student_tokenizer is None or teacher_tokenizer is None:
             uncompared.append(name)
@@ -284,6 +287,11 @@ def check_teacher_tokenizers(student_tokenizer, sources: Sequence[str | None], n
         if diff:
             raise TeacherLoadError(f"teacher {name!r} uses another vocabulary than the student: {diff}; expected the "
                                    "teacher's own tokenizer for the student (omit --tokenizer_name to use it)")
+    if in_memory:
+        # Not a warning: a script that builds its teacher in memory (examples/distill_mlm.py) chose its tokenizer
+        # itself, and the output sizes were checked; a teacher *folder* without a tokenizer still warns below.
+        logger.info("token ids of teacher(s) %s not compared: passed as model objects, with no saved tokenizer; "
+                    "only output sizes were checked", in_memory)
     if uncompared:
         side = ("the student has no tokenizer (processing_class)" if student_tokenizer is None
                 else f"no tokenizer was found for teacher(s) {uncompared}")

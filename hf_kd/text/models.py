@@ -76,8 +76,8 @@ def build_student(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, allo
     if args.model_name_or_path:
         # float32 whatever the checkpoint was saved in (transformers 5.x would keep a bf16 save in bf16): these are
         # the trained master weights; --bf16/--fp16 run them under autocast.
-        return load_pretrained(args.model_name_or_path, auto_class, dtype=torch.float32,
-                               trust_remote_code=args.trust_remote_code, allow_pickle=allow_pickle, what="student")
+        return declare_tied_keys(load_pretrained(args.model_name_or_path, auto_class, dtype=torch.float32,
+                               trust_remote_code=args.trust_remote_code, allow_pickle=allow_pickle, what="student"))
     if args.config_name:
         try:
             config = AutoConfig.from_pretrained(args.config_name, trust_remote_code=args.trust_remote_code)
@@ -92,7 +92,21 @@ def build_student(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, allo
     else:
         config = preset_config(args.model_preset or "tiny", vocab_size=len(tokenizer))
     config.pad_token_id = tokenizer.pad_token_id
-    return auto_class.from_config(config, trust_remote_code=args.trust_remote_code)
+    return declare_tied_keys(auto_class.from_config(config, trust_remote_code=args.trust_remote_code))
+
+
+def declare_tied_keys(model: PreTrainedModel) -> PreTrainedModel:
+    """Mark the tied output weights (BERT's ``cls.predictions.decoder.*``, GPT-2's ``lm_head.weight``) as not saved.
+
+    They are not: a tied weight is written once, under its source's name. On ``--resume_from_checkpoint`` the
+    Trainer loads the checkpoint non-strictly and warns about "missing keys" unless they are exactly
+    ``_keys_to_ignore_on_save`` -- then it re-ties them instead. The weights were loaded either way (the
+    tied parameter *is* its source); this makes the normal resume path quiet and explicit about why.
+    """
+    tied = set(getattr(model, "all_tied_weights_keys", None) or ())
+    if tied and not model._keys_to_ignore_on_save:
+        model._keys_to_ignore_on_save = tied
+    return model
 
 
 def check_vocab_fits(model, tokenizer) -> None:

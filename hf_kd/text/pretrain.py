@@ -11,6 +11,7 @@ import numpy as np
 from transformers import AutoTokenizer, DataCollatorForLanguageModeling, set_seed
 
 from ..core.checkpointing import checkpoint_problem, latest_complete_checkpoint, refuse_nonempty_output_dir
+from ..core.errors import Interrupted
 from ..core.hub import take_hub_settings
 from ..core.paths import check_output_dir_creatable
 from ..core.teachers import check_model_reference
@@ -79,6 +80,16 @@ def resolve_resume(args: DistillationTrainingArguments) -> str | None:
         raise FileNotFoundError(f"--resume_from_checkpoint {r!r} is not a complete checkpoint: {problem}; "
                                 "pass another checkpoint-N folder or 'latest'")
     return str(r)
+
+
+def resume_hint(step: int, output_dir: str) -> str:
+    """What to do after Ctrl-C at ``step``: the checkpoint a rerun resumes from, or that none was saved yet."""
+    last = latest_complete_checkpoint(output_dir)
+    if last is None:
+        return (f"interrupted at step {step}, before the first checkpoint; rerun the same command with "
+                "--overwrite_output_dir to start again")
+    return (f"interrupted at step {step}; rerun the same command with --resume_from_checkpoint latest to resume "
+            f"from {Path(last).name}")
 
 
 def check_output_dir(args: DistillationTrainingArguments, resume: str | None) -> None:
@@ -153,7 +164,10 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, args: 
                             args.teacher_trust_remote_code)
     hub = take_hub_settings(args)  # we push after training; the Trainer's own push would open the repo now
     trainer = build_trainer(model_args, data_args, args, teacher_model, callbacks, task)
-    train_result = trainer.train(resume_from_checkpoint=resume)
+    try:
+        train_result = trainer.train(resume_from_checkpoint=resume)
+    except KeyboardInterrupt as e:
+        raise Interrupted(resume_hint(trainer.state.global_step, args.output_dir)) from e
     trainer.save_model()
     metrics = dict(train_result.metrics)
     eval_metrics = trainer.evaluate()
