@@ -12,7 +12,7 @@ from transformers import AutoTokenizer, DataCollatorForLanguageModeling, set_see
 
 from ..core.checkpointing import checkpoint_problem, latest_complete_checkpoint, refuse_nonempty_output_dir
 from ..core.errors import Interrupted
-from ..core.hub import take_hub_settings
+from ..core.hub import hours_label, take_hub_settings
 from ..core.paths import check_output_dir_creatable
 from ..core.teachers import check_model_reference
 from ..core.trackers import check_trackers
@@ -185,5 +185,7 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, args: 
         trainer.log_metrics(split, values)
         trainer.save_metrics(split, values)
     trainer.save_state()
+    logger.info("cost: %.4g %s of training, %.4g of evaluation (keys gpu_hours, eval_gpu_hours)",
+                metrics["gpu_hours"], hours_label(args.device.type), metrics["eval_gpu_hours"])
     publish_run(trainer, metrics, data_args, hub)  # model card always; upload only with --push_to_hub
     return metrics

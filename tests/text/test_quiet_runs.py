@@ -50,8 +50,24 @@ def test_normal_runs_and_resumes_print_no_alarming_warnings(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600,
                           cwd=tmp_path)
     assert proc.returncode == 0 and "DONE" in proc.stdout, proc.stderr[-3000:]
+    card = (tmp_path / "clm_kd" / "README.md").read_text()  # the causal-LM card: its own words, its device
+    assert "kd_positions: labelled next tokens" in card and "kd_positions: masked" not in card
+    assert "| CPU-hours (training) |" in card and "here spent on cpu" in card
+    printed = proc.stdout + proc.stderr  # DeepSpeed's logger writes to stdout
     for alarm in ALARMS:
-        assert alarm not in proc.stderr, (alarm, [line for line in proc.stderr.splitlines() if alarm in line][:2])
+        assert alarm not in printed, (alarm, [line for line in printed.splitlines() if alarm in line][:2])
+
+
+def test_cost_rows_name_the_device_and_keep_the_key():
+    from hf_kd.core.hub import cost_note, run_card_rows
+    from hf_kd.text.card import kd_positions_fact
+
+    facts = {"training_data": "d", "train_steps": 2, "max_steps": 2, "global_batch_size": 4, "num_processes": 1,
+             "gpu_hours": 0.5, "eval_gpu_hours": 0.1}
+    assert ("CPU-hours (training)", "0.5") in run_card_rows({**facts, "device": "cpu"})
+    assert ("GPU-hours (training)", "0.5") in run_card_rows({**facts, "device": "cuda"})
+    assert "`gpu_hours` key" in cost_note("cpu") and "spent on cpu" in cost_note("cpu")
+    assert kd_positions_fact("clm", "masked") == "labelled next tokens" and kd_positions_fact("mlm", "masked") == "masked"
 
 
 def test_causal_lm_preset_keeps_special_ids_inside_the_vocabulary():
