@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import tomllib
 
 import pytest
+import tomllib
 
 from tests.support import REPO
 

@@ -106,3 +106,19 @@ def test_reproduce_checks_the_tracker_before_any_training(tmp_path, capsys, monk
         "error: --report_to wandb needs the wandb package, which is not installed; run `pip install wandb`, or pass "
         "--report_to none"], err
     assert not (tmp_path / "r").exists()
+
+
+def test_unreachable_hub_says_no_local_folder_exists(monkeypatch):
+    """A name that is no local folder goes to the Hub; when that fails to connect, the line says both."""
+    from transformers import AutoModelForMaskedLM
+
+    from hf_kd.core.teachers import TeacherLoadError, load_pretrained
+
+    def offline(*a, **k):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them in "
+                      "the cached files.")
+
+    monkeypatch.setattr(AutoModelForMaskedLM, "from_pretrained", offline)
+    with pytest.raises(TeacherLoadError, match=r"'org/teachr'.*no local folder of that name exists and the Hub was "
+                                               r"not reachable"):
+        load_pretrained("org/teachr", AutoModelForMaskedLM)
