@@ -24,7 +24,10 @@ def check_output_dir_creatable(output_dir: str | os.PathLike, flag: str = "--out
     try:
         for p in reversed([path, *path.parents]):
             if not p.exists():
-                p.mkdir()
+                try:
+                    p.mkdir()
+                except FileExistsError:  # another rank of the same launch probing at the same moment
+                    continue
                 created.append(p)
             elif not p.is_dir():
                 raise UserError(f"{flag} {str(output_dir)!r} cannot be created: {str(p)!r} is a file; expected a "
