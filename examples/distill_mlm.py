@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         kd_stop_ratio=0.5,                   # KD for the first half, then plain MLM, teacher freed
         kd_positions="masked")               # KD where labels != -100; "all" = every non-padding token
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args,  # or a path, or a list
-                                  train_dataset=train, eval_dataset=val,
+                                  train_dataset=train, eval_dataset=val, processing_class=tokenizer,
                                   data_collator=ResumableMLMCollator(tokenizer, seed=0))  # exact resume
     trainer.train()
     student_eval = trainer.evaluate()

@@ -41,6 +41,7 @@ from .data import load_task
 from .levels import dev_levels
 from .metrics import is_diverged, task_metrics, task_score
 from .plan import Job, warmup_for
+from .quiet import quiet_loads
 from .results import ResultsFile
 from .tasks import TASKS, HParams
 
@@ -129,34 +130,23 @@ def finetune(job: Job, tokenizer, data: datasets.DatasetDict, gargs: GlueArgumen
             "levels": dev_levels(job.task, {s: np.asarray(data[s]["label"]) for s in spec.eval_splits})}
 
 
-class _DropLoadReport(logging.Filter):
-    """Drops transformers' ``LOAD REPORT`` record (and nothing else) from the logger it is attached to."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "LOAD REPORT" not in str(record.msg)
-
-
 @contextmanager
 def quiet_per_model_output(enabled: bool) -> Iterator[None]:
     """Silence what transformers/datasets print for every fine-tune while the sweep's own bar runs.
 
     Loading a pretraining checkpoint into a classification model makes transformers log a ``LOAD REPORT``
     table (a warning of logger ``transformers.modeling_utils``) of the new head and the dropped MLM head --
-    expected here. A filter on that logger drops exactly that record (raising the logger's level instead
-    would make transformers 5.x log a "layers were not sharded" list, which it checks on that level). The
+    expected here; so are the INFO lines of every load (:func:`glue_eval.quiet.quiet_loads` drops both). The
     weight-loading and tokenizing bars are switched off. Everything is restored afterwards.
     """
-    load_logger = hf_logging.get_logger("transformers.modeling_utils")
-    drop = _DropLoadReport()
     hf_bars, ds_bars = hf_logging.is_progress_bar_enabled(), datasets.utils.logging.is_progress_bar_enabled()
     if enabled:
-        load_logger.addFilter(drop)
         hf_logging.disable_progress_bar()
         datasets.disable_progress_bars()
     try:
-        yield
+        with quiet_loads(enabled):
+            yield
     finally:
-        load_logger.removeFilter(drop)
         if hf_bars:
             hf_logging.enable_progress_bar()
         if ds_bars:

@@ -21,6 +21,7 @@ from transformers import AutoConfig
 
 from .args import TABLE_FIELDS, FinetuneArguments, GlueArguments
 from .data import HUB_DATASET, check_glue_dir
+from .quiet import quiet_loads
 from .results import config_hash
 from .tasks import HParams, resolve_tasks, task_hparams
 
@@ -101,7 +102,8 @@ def checkpoint_identity(model_path: str) -> dict:
 def position_limit(model_path: str, trust_remote_code: bool = False) -> int | None:
     """The checkpoint's ``max_position_embeddings`` (longer inputs would index out of range)."""
     try:
-        config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        with quiet_loads():  # a probe of one number: not the config's 60 lines per checkpoint
+            config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise ValueError(f"could not load a model config from {model_path!r}: {str(e).strip().splitlines()[0]}") from e
     return getattr(config, "max_position_embeddings", None)

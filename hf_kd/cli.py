@@ -22,7 +22,8 @@ DESCRIPTION = """Knowledge distillation that makes Hugging Face training cheaper
 (Blakeney et al. 2022, "Reduce, Reuse, Recycle").
 
 other entry points:
-  python run_scripts/run_mlm_kd.py --help      MLM pretraining with KD (Trainer)
+  python run_scripts/run_mlm_kd.py --help      MLM pretraining with KD (Trainer; BERT-style students)
+  python run_scripts/run_clm_kd.py --help      causal-LM pretraining with KD (Trainer; GPT-2/Llama/Qwen2 students)
   python run_scripts/run_resnet_kd.py --help   image classification with KD (Accelerate)
   hf-kd-glue / hf-kd-glue-sweep / hf-kd-glue-report --help   GLUE fine-tuning, sweep, report
 definitions (objective, stop step, cost keys, speed-ups): docs/design.md"""

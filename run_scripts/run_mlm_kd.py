@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import sys
 
-from hf_kd.core.cli_utils import parse_args, run_cli
+from hf_kd.core.cli_utils import given_flags, parse_args, run_cli
 from hf_kd.text.config import DistillationTrainingArguments
+from hf_kd.text.preset_recipe import apply_preset_recipe
 from hf_kd.text.pretrain import run_pretraining
 from hf_kd.text.script_args import DataArguments, ModelArguments
 
@@ -34,6 +35,7 @@ from hf_kd.text.script_args import DataArguments, ModelArguments
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parse_args(
         (ModelArguments, DataArguments, DistillationTrainingArguments), argv)
+    apply_preset_recipe(model_args, training_args, given_flags(argv))  # a from-scratch preset brings its lr/warm-up
     return run_pretraining(model_args, data_args, training_args)
 
 

@@ -13,6 +13,8 @@ This module imports neither torch nor transformers at import time: ``hf-kd --hel
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib.util
 import json
 import logging
 import os
@@ -22,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError, NonFiniteLossError, UserError
+from .errors import DataError, Interrupted, NonFiniteLossError, UserError
 
 logger = logging.getLogger("hf_kd")
 
@@ -58,7 +60,29 @@ def make_parser(dataclass_types: Sequence[type], prog: str | None = None):
     parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
                         help="YAML or JSON file of arguments (flag name: value); flags given on the command line "
                         "override it. A lone FILE.yaml/.json argument works too.")
+    _group_trainer_flags_last(parser, dataclass_types)
     return parser
+
+
+def _group_trainer_flags_last(parser, dataclass_types: Sequence[type]) -> None:
+    """In ``--help``, this project's flags (model, data, ``kd_*``, ...) come first under their own heading, and the
+    ~100 flags inherited from ``transformers.TrainingArguments`` after them: otherwise the ``kd_*`` flags start
+    some 700 lines down. Only the help layout changes; parsing is the same."""
+    from transformers import TrainingArguments
+
+    if not any(isinstance(t, type) and issubclass(t, TrainingArguments) for t in dataclass_types):
+        return
+    inherited = {f.name for f in dataclasses.fields(TrainingArguments)}
+    parser.usage = "%(prog)s [--config FILE] [FLAGS]  (hf-kd's own flags are listed first, then TrainingArguments')"
+    ours = parser.add_argument_group("hf-kd options (model, data, knowledge distillation)")
+    theirs = parser.add_argument_group("transformers TrainingArguments (optimiser, schedule, precision, logging, "
+                                       "saving, Hub, ...)")
+    default = parser._optionals
+    for action in list(default._group_actions):
+        if action.dest == "help":
+            continue
+        (theirs if action.dest in inherited else ours)._group_actions.append(action)
+        default._group_actions.remove(action)
 
 
 def _readable_choice_error(message: str) -> str:
@@ -109,6 +133,14 @@ def split_config(argv: list[str]) -> tuple[str | None, list[str]]:
     if rest and not rest[0].startswith("-") and rest[0].endswith(CONFIG_SUFFIXES):
         return rest[0], rest[1:]
     return None, rest
+
+
+def given_flags(argv: list[str] | None = None) -> set[str]:
+    """Names of the flags set explicitly, on the command line or in its ``--config`` file (``learning_rate`` for
+    ``--learning_rate 1e-3`` or ``--learning_rate=1e-3``): a parsed value cannot tell a typed default from none."""
+    config, rest = split_config(list(sys.argv[1:] if argv is None else argv))
+    names = {a[2:].split("=", 1)[0] for a in rest if a.startswith("--")}
+    return names | set(read_config_file(config)) if config is not None else names
 
 
 def _apply_config(parser, path: str) -> None:
@@ -204,14 +236,35 @@ def is_user_error(e: BaseException) -> bool:
     return isinstance(e, _GENERIC_USER_ERRORS) and raised_by_project(e)
 
 
+def quiet_deepspeed_autodetect() -> None:
+    """With no GPU, tell DeepSpeed it runs on the CPU so it does not warn so at every run.
+
+    Accelerate imports DeepSpeed whenever it is installed (the dev extra), used or not, and DeepSpeed's device
+    auto-detection then prints "Setting accelerator to CPU ..." -- the choice it makes anyway. An explicit
+    ``DS_ACCELERATOR`` is left alone.
+    """
+    if "DS_ACCELERATOR" in os.environ or importlib.util.find_spec("deepspeed") is None:
+        return
+    import torch
+
+    if torch.cuda.device_count() == 0:  # NVML-based: does not initialise CUDA
+        os.environ["DS_ACCELERATOR"] = "cpu"
+
+
 def run_cli(main: Callable[[], object]) -> int:
     """Run ``main``: 0 on success; a user error -> ``error: <one line>`` on stderr and 2; a diverged run -> 1.
 
     Any other exception (a bug) propagates with its traceback. ``HF_KD_DEBUG=1`` re-raises user errors too.
     """
     setup_logging()
+    quiet_deepspeed_autodetect()
     try:
         main()
+    except KeyboardInterrupt as e:  # Ctrl-C: one line, no traceback (a training run says how to resume)
+        if os.environ.get("HF_KD_DEBUG"):
+            raise
+        print(str(e) if isinstance(e, Interrupted) else "interrupted", file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports it
     except Exception as e:
         if not (isinstance(e, NonFiniteLossError) or is_user_error(e)) or os.environ.get("HF_KD_DEBUG"):
             raise

@@ -93,13 +93,30 @@ def push_folder(folder: str | Path, repo_id: str, token: str | None = None, priv
     return url
 
 
+def hours_label(device: str | None) -> str:
+    """How the cost is named for people: ``GPU-hours`` on CUDA, ``CPU-hours`` on the CPU, ``device-hours`` when
+    unknown. The key stays ``gpu_hours`` everywhere (the documented contract); only the words say the device."""
+    names = {"cuda": "GPU", "cpu": "CPU", "mps": "MPS", "xpu": "XPU", "npu": "NPU"}
+    return f"{names.get(device or '', 'device')}-hours"
+
+
+def cost_note(device: str | None) -> str:
+    """The card's sentence defining the cost column."""
+    return (f"{hours_label(device)} (the `gpu_hours` key{'' if device == 'cuda' else f', here spent on {device}'}): "
+            "each interval's training wall-clock x the processes running then (evaluation excluded)"
+            if device else "device-hours (the `gpu_hours` key): each interval's training wall-clock x the processes "
+            "running then (evaluation excluded)")
+
+
 def run_card_rows(f: dict[str, Any]) -> list[tuple[str, Any]]:
-    """The model-card table rows every task shares: data, steps, batch, processes and the two GPU-hour costs."""
+    """The model-card table rows every task shares: data, steps, batch, processes and the two cost rows, named
+    after the device they were spent on (``f["device"]``: ``cuda``, ``cpu``, ...)."""
+    label = hours_label(f.get("device"))
     return [
         ("training data", f["training_data"]),
         ("optimizer steps", f"{f['train_steps']} of {f['max_steps']}"),
         ("global batch", f["global_batch_size"]),
-        ("processes (devices)", f["num_processes"]),
-        ("GPU-hours (training)", f"{f['gpu_hours']:.4g}"),
-        ("GPU-hours (evaluation)", f"{f['eval_gpu_hours']:.4g}"),
+        ("processes (devices)", f"{f['num_processes']}" + (f" ({f['device']})" if f.get("device") else "")),
+        (f"{label} (training)", f"{f['gpu_hours']:.4g}"),
+        (f"{label} (evaluation)", f"{f['eval_gpu_hours']:.4g}"),
     ]

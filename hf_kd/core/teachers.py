@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import pickle
 from collections.abc import Sequence
 from pathlib import Path
@@ -90,11 +91,30 @@ def looks_like_local_path(name: str) -> bool:
     return "/" in name and Path(name.split("/", 1)[0]).is_dir()
 
 
+def hub_offline() -> bool:
+    """``HF_HUB_OFFLINE`` as huggingface_hub reads it (``1``/``true``/``yes``/``on``)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def in_hub_cache(repo_id: str) -> bool:
+    """Whether a Hub model ``repo_id`` has been downloaded before (so it loads offline)."""
+    from huggingface_hub import constants
+
+    return (Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}").is_dir()
+
+
 def check_model_reference(name: str, what: str = "teacher") -> None:
-    """A path-like ``name`` that does not exist is an error now, before any Hub call (which would time out)."""
-    if not Path(name).expanduser().exists() and looks_like_local_path(name):
-        raise TeacherLoadError(f"{what} {name!r} does not exist; expected a local model folder or a Hub id "
-                               "(org/name)")
+    """A path-like ``name`` that does not exist is an error now, before any Hub call (which would time out);
+    so is a Hub id that only the Hub could answer while it is switched off (``HF_HUB_OFFLINE``)."""
+    if Path(name).expanduser().exists():
+        return
+    if looks_like_local_path(name):
+        raise TeacherLoadError(f"{what} {name!r} does not exist: no local folder of that name; expected a local "
+                               "model folder or a Hub id (org/name)")
+    if hub_offline() and not in_hub_cache(name):
+        raise TeacherLoadError(f"{what} {name!r}: no local folder of that name exists, and the Hub is offline "
+                               "(HF_HUB_OFFLINE is set) with no cached copy of it; expected a local model folder, "
+                               "or a Hub id downloaded before")
 
 
 def load_pretrained(name_or_path: str, auto_class: type, dtype: torch.dtype | None = None,
@@ -116,7 +136,10 @@ def load_pretrained(name_or_path: str, auto_class: type, dtype: torch.dtype | No
     try:
         model, info = auto_class.from_pretrained(name_or_path, output_loading_info=True, **kwargs)
     except OSError as e:
-        raise TeacherLoadError(f"could not load {what} {name_or_path!r}: {str(e).splitlines()[0]}") from e
+        reason = str(e).splitlines()[0]
+        if "connect" in reason.lower() or "offline" in reason.lower():  # the Hub was the only place left to look
+            reason = f"no local folder of that name exists and the Hub was not reachable ({reason})"
+        raise TeacherLoadError(f"could not load {what} {name_or_path!r}: {reason}") from e
     except ValueError as e:
         if "trust_remote_code" not in str(e):
             raise
@@ -250,8 +273,11 @@ def check_teacher_tokenizers(student_tokenizer, sources: Sequence[str | None], n
     """
     if student_tokenizer is not None and not hasattr(student_tokenizer, "get_vocab"):
         student_tokenizer = getattr(student_tokenizer, "tokenizer", None)  # a processor wrapping a tokenizer
-    uncompared = []
+    uncompared, in_memory = [], []
     for source, name in zip(sources, names):
+        if source is None:  # a model object built by the caller: there is no saved tokenizer to read
+            in_memory.append(name)
+            continue
         teacher_tokenizer = load_tokenizer_of(source, trust_remote_code)
         if student_tokenizer is None or teacher_tokenizer is None:
             uncompared.append(name)
@@ -261,6 +287,11 @@ def check_teacher_tokenizers(student_tokenizer, sources: Sequence[str | None], n
         if diff:
             raise TeacherLoadError(f"teacher {name!r} uses another vocabulary than the student: {diff}; expected the "
                                    "teacher's own tokenizer for the student (omit --tokenizer_name to use it)")
+    if in_memory:
+        # Not a warning: a script that builds its teacher in memory (examples/distill_mlm.py) chose its tokenizer
+        # itself, and the output sizes were checked; a teacher *folder* without a tokenizer still warns below.
+        logger.info("token ids of teacher(s) %s not compared: passed as model objects, with no saved tokenizer; "
+                    "only output sizes were checked", in_memory)
     if uncompared:
         side = ("the student has no tokenizer (processing_class)" if student_tokenizer is None
                 else f"no tokenizer was found for teacher(s) {uncompared}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..core.cli_utils import UserError, parse_args
+from ..core.trackers import check_trackers
 
 PRESET_NAMES = ("tiny", "gpu-small", "bert-base-c4")
 TASK_NAMES = ("text", "clm", "vision")
@@ -80,6 +81,7 @@ def _text(a: ReproduceArguments) -> dict:
 def reproduce(argv: list[str] | None = None) -> dict | None:
     (a,) = parse_args((ReproduceArguments,), argv, prog="hf-kd reproduce")
     _validate(a)
+    check_trackers(a.report_to)  # before any teacher trains, not when the first student's Trainer is built
     if a.study:
         from pathlib import Path
 

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..core.hub import PAPER, TAGS, HubSettings, push_folder, run_card_rows
+from ..core.hub import PAPER, TAGS, HubSettings, cost_note, push_folder, run_card_rows
 
 if TYPE_CHECKING:
     from huggingface_hub import ModelCard
@@ -35,13 +35,22 @@ def training_data(data_args) -> tuple[str, list[str]]:
 EVAL_KEYS = ("eval_loss", "perplexity", "eval_accuracy")
 
 
+def kd_positions_fact(task: str, kd_positions: str) -> str:
+    """``kd_positions`` as the card states it: "masked" means something only for an MLM; for a causal LM the same
+    setting is KD at the labelled next-token positions, and "all" adds every position with a real next token."""
+    if task != "clm":
+        return kd_positions
+    return "labelled next tokens" if kd_positions == "masked" else "every next token"
+
+
 def card_metadata(trainer, metrics: dict[str, Any], data_args=None) -> dict[str, Any]:
     """The ``hf_kd`` facts of a run, as they go into the card's YAML block (``kd_*`` only when a teacher ran)."""
     args = trainer.args
     facts: dict[str, Any] = {"task": getattr(trainer, "kd_task", "mlm"), "teachers": list(trainer.teacher_names)}
     if trainer.teacher_names:
         facts.update(kd_alpha=args.kd_alpha, kd_temperature=args.kd_temperature, kd_stop_step=trainer.kd_stop_step,
-                     kd_teacher_selection=args.kd_teacher_selection, kd_positions=args.kd_positions,
+                     kd_teacher_selection=args.kd_teacher_selection, kd_positions=kd_positions_fact(facts["task"],
+                                                                                                  args.kd_positions),
                      kd_divergence=args.kd_divergence)
     facts.update({
         "training_data": training_data(data_args)[0],
@@ -49,6 +58,7 @@ def card_metadata(trainer, metrics: dict[str, Any], data_args=None) -> dict[str,
         "max_steps": int(trainer.state.max_steps),
         "global_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
         "num_processes": int(args.world_size),
+        "device": args.device.type,
         "gpu_hours": float(metrics.get("gpu_hours", trainer.cost_callback.meter.gpu_hours)),
         "eval_gpu_hours": float(metrics.get("eval_gpu_hours", trainer.cost_callback.meter.eval_gpu_hours)),
     })
@@ -106,7 +116,7 @@ def _card_text(name: str, f: dict[str, Any]) -> str:
         what, held_out = "A BERT-style masked language model pretrained with hf-kd (knowledge distillation during MLM", "MLM"
     return (f"# {name}\n\n{what} pretraining with a KD cutoff, after {PAPER}). {kd}\n\n"
             f"## Training\n\n| | |\n|---|---|\n{table}\n\n"
-            "GPU-hours: each interval's training wall-clock x the processes running then (evaluation excluded).\n\n"
+            f"{cost_note(f.get('device'))}.\n\n"
             + (f"## Evaluation results (held-out {held_out})\n\n{evals}\n\n" if evals else ""))
 
 

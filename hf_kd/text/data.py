@@ -145,6 +145,10 @@ def tokenize_and_chunk(ds: Split, tokenizer: PreTrainedTokenizerBase, column: st
         n = (len(concat["input_ids"]) // max_seq_length) * max_seq_length
         return {k: [v[i: i + max_seq_length] for i in range(0, n, max_seq_length)] for k, v in concat.items()}
 
+    # Whole documents are longer than the model's positions; group() cuts them into blocks, so the tokenizer's
+    # "Token indices sequence length is longer than the specified maximum" warning is noise here (it warns once
+    # per tokenizer and then sets this flag: setting it first keeps it quiet).
+    tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
     cols = ds.column_names
     kwargs = {} if isinstance(ds, datasets.IterableDataset) else {"num_proc": num_proc, "desc": f"tokenizing {what}"}
     tokenized = ds.map(tokenize, batched=True, remove_columns=cols, **kwargs)

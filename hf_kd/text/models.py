@@ -36,13 +36,27 @@ def preset_config(name: str, vocab_size: int, max_position_embeddings: int = 512
     return BertConfig(**cfg)
 
 
+def special_token_ids(tokenizer, vocab_size: int) -> dict[str, int | None]:
+    """bos/eos/pad ids for a from-scratch causal-LM config, always inside the vocabulary or ``None``.
+
+    Left unset, ``GPT2Config`` keeps GPT-2's 50256 (and ``LlamaConfig`` 1/2): outside a trained 8k vocabulary,
+    warned about at every load and saved in ``config.json``/``generation_config.json``. A WordPiece tokenizer has
+    no bos/eos tokens; its ``[CLS]``/``[SEP]`` play those parts.
+    """
+    def first(*names):
+        values = (getattr(tokenizer, n, None) for n in names)
+        return next((v for v in values if isinstance(v, int) and 0 <= v < vocab_size), None)
+
+    return {"bos_token_id": first("bos_token_id", "cls_token_id"), "eos_token_id": first("eos_token_id", "sep_token_id"),
+            "pad_token_id": first("pad_token_id")}
+
+
 def clm_preset_config(name: str, vocab_size: int, max_position_embeddings: int = 1024, tokenizer=None):
     """A ``GPT2Config`` (``tiny``...) or ``LlamaConfig`` (``llama-tiny``...) for one of :data:`CLM_PRESETS`."""
     if name not in CLM_PRESETS:
         raise ValueError(f"model_preset={name!r} is invalid for a causal LM: expected one of {CLM_PRESETS}")
     layers, hidden, heads = PRESET_SHAPES[name.removeprefix("llama-")]
-    ids = {k: getattr(tokenizer, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
-    ids = {k: v for k, v in ids.items() if v is not None}
+    ids = special_token_ids(tokenizer, vocab_size)
     if name.startswith("llama-"):
         return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                            num_key_value_heads=heads, intermediate_size=8 * hidden // 3,
@@ -62,8 +76,8 @@ def build_student(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, allo
     if args.model_name_or_path:
         # float32 whatever the checkpoint was saved in (transformers 5.x would keep a bf16 save in bf16): these are
         # the trained master weights; --bf16/--fp16 run them under autocast.
-        return load_pretrained(args.model_name_or_path, auto_class, dtype=torch.float32,
-                               trust_remote_code=args.trust_remote_code, allow_pickle=allow_pickle, what="student")
+        return declare_tied_keys(load_pretrained(args.model_name_or_path, auto_class, dtype=torch.float32,
+                               trust_remote_code=args.trust_remote_code, allow_pickle=allow_pickle, what="student"))
     if args.config_name:
         try:
             config = AutoConfig.from_pretrained(args.config_name, trust_remote_code=args.trust_remote_code)
@@ -78,7 +92,21 @@ def build_student(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, allo
     else:
         config = preset_config(args.model_preset or "tiny", vocab_size=len(tokenizer))
     config.pad_token_id = tokenizer.pad_token_id
-    return auto_class.from_config(config, trust_remote_code=args.trust_remote_code)
+    return declare_tied_keys(auto_class.from_config(config, trust_remote_code=args.trust_remote_code))
+
+
+def declare_tied_keys(model: PreTrainedModel) -> PreTrainedModel:
+    """Mark the tied output weights (BERT's ``cls.predictions.decoder.*``, GPT-2's ``lm_head.weight``) as not saved.
+
+    They are not: a tied weight is written once, under its source's name. On ``--resume_from_checkpoint`` the
+    Trainer loads the checkpoint non-strictly and warns about "missing keys" unless they are exactly
+    ``_keys_to_ignore_on_save`` -- then it re-ties them instead. The weights were loaded either way (the
+    tied parameter *is* its source); this makes the normal resume path quiet and explicit about why.
+    """
+    tied = set(getattr(model, "all_tied_weights_keys", None) or ())
+    if tied and not model._keys_to_ignore_on_save:
+        model._keys_to_ignore_on_save = tied
+    return model
 
 
 def check_vocab_fits(model, tokenizer) -> None:
@@ -95,6 +123,25 @@ def check_seq_length(model, max_seq_length: int) -> None:
     if limit is not None and max_seq_length > limit:
         raise ValueError(f"max_seq_length={max_seq_length} is larger than the model's max_position_embeddings={limit}; "
                          f"expected at most {limit}")
+
+
+def check_teacher_positions(teachers, max_seq_length: int, trust_remote_code: bool = False) -> None:
+    """Every teacher (a model, or a folder / Hub id whose config is read without loading weights) takes sequences
+    of ``max_seq_length`` tokens: a shorter one would index past its position table inside its first forward."""
+    for teacher in teachers or ():
+        if isinstance(teacher, str):
+            try:
+                config = AutoConfig.from_pretrained(teacher, trust_remote_code=trust_remote_code)
+            except (OSError, ValueError):
+                continue  # not readable here: loading the teacher reports that, with its own message
+            name = teacher
+        else:
+            config, name = getattr(teacher, "config", None), type(teacher).__name__
+        limit = getattr(config, "max_position_embeddings", None)
+        if isinstance(limit, int) and max_seq_length > limit:
+            raise ValueError(f"teacher {name!r} takes at most {limit} positions (max_position_embeddings) but the "
+                             f"sequences have {max_seq_length} tokens (--block_size / --max_seq_length); expected a "
+                             f"sequence length of at most {limit}, or a teacher with more positions")
 
 
 def teacher_tokenizer_for_student(args: ModelArguments, teachers: Sequence[str] | None, trust_remote_code: bool = False

@@ -11,8 +11,11 @@ import numpy as np
 from transformers import AutoTokenizer, DataCollatorForLanguageModeling, set_seed
 
 from ..core.checkpointing import checkpoint_problem, latest_complete_checkpoint, refuse_nonempty_output_dir
-from ..core.hub import take_hub_settings
+from ..core.errors import Interrupted
+from ..core.hub import hours_label, take_hub_settings
+from ..core.paths import check_output_dir_creatable
 from ..core.teachers import check_model_reference
+from ..core.trackers import check_trackers
 from .card import publish_run
 from .config import DistillationTrainingArguments
 from .data import (
@@ -24,7 +27,13 @@ from .data import (
     tokenize_and_chunk,
     train_wordpiece_tokenizer,
 )
-from .models import build_student, check_seq_length, check_vocab_fits, teacher_tokenizer_for_student
+from .models import (
+    build_student,
+    check_seq_length,
+    check_teacher_positions,
+    check_vocab_fits,
+    teacher_tokenizer_for_student,
+)
 from .script_args import DataArguments, ModelArguments
 from .trainer import DistillationTrainer
 
@@ -71,6 +80,16 @@ def resolve_resume(args: DistillationTrainingArguments) -> str | None:
         raise FileNotFoundError(f"--resume_from_checkpoint {r!r} is not a complete checkpoint: {problem}; "
                                 "pass another checkpoint-N folder or 'latest'")
     return str(r)
+
+
+def resume_hint(step: int, output_dir: str) -> str:
+    """What to do after Ctrl-C at ``step``: the checkpoint a rerun resumes from, or that none was saved yet."""
+    last = latest_complete_checkpoint(output_dir)
+    if last is None:
+        return (f"interrupted at step {step}, before the first checkpoint; rerun the same command with "
+                "--overwrite_output_dir to start again")
+    return (f"interrupted at step {step}; rerun the same command with --resume_from_checkpoint latest to resume "
+            f"from {Path(last).name}")
 
 
 def check_output_dir(args: DistillationTrainingArguments, resume: str | None) -> None:
@@ -129,8 +148,10 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, args: Di
 def run_pretraining(model_args: ModelArguments, data_args: DataArguments, args: DistillationTrainingArguments,
                     teacher_model=None, callbacks=None, task: str = "mlm") -> dict[str, float]:
     """Train, save the final model and ``all_results.json``; returns the final metrics."""
+    check_trackers(args.report_to)  # a missing tracker package fails now, not after model and data set-up
     resume = resolve_resume(args)
     check_output_dir(args, resume)
+    check_output_dir_creatable(args.output_dir)
     # A mistyped local path fails now, in one line, not after data prep with a Hub error (or timeout).
     for what, name in (("model", model_args.model_name_or_path), ("tokenizer", model_args.tokenizer_name),
                        ("config", model_args.config_name)):
@@ -138,9 +159,15 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, args: 
             check_model_reference(name, what)
     for name in args.teacher_model_name_or_path or ():
         check_model_reference(name)
+    given = teacher_model if isinstance(teacher_model, list | tuple) else [teacher_model] if teacher_model else []
+    check_teacher_positions([*given, *(args.teacher_model_name_or_path or ())], data_args.max_seq_length,
+                            args.teacher_trust_remote_code)
     hub = take_hub_settings(args)  # we push after training; the Trainer's own push would open the repo now
     trainer = build_trainer(model_args, data_args, args, teacher_model, callbacks, task)
-    train_result = trainer.train(resume_from_checkpoint=resume)
+    try:
+        train_result = trainer.train(resume_from_checkpoint=resume)
+    except KeyboardInterrupt as e:
+        raise Interrupted(resume_hint(trainer.state.global_step, args.output_dir)) from e
     trainer.save_model()
     metrics = dict(train_result.metrics)
     eval_metrics = trainer.evaluate()
@@ -158,5 +185,7 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, args: 
         trainer.log_metrics(split, values)
         trainer.save_metrics(split, values)
     trainer.save_state()
+    logger.info("cost: %.4g %s of training, %.4g of evaluation (keys gpu_hours, eval_gpu_hours)",
+                metrics["gpu_hours"], hours_label(args.device.type), metrics["eval_gpu_hours"])
     publish_run(trainer, metrics, data_args, hub)  # model card always; upload only with --push_to_hub
     return metrics

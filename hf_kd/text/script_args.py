@@ -21,7 +21,9 @@ class ModelArguments:
     model_preset: str | None = field(
         default=None, metadata={"help": f"From-scratch size, one of {MODEL_PRESETS} (tiny 2L/128, mini 4L/256, "
                                 "small 4L/512, medium 8L/512, base 12L/768): BERT for MLM, GPT-2 for causal LMs, "
-                                "which also take llama-tiny ... llama-base. Default tiny when nothing else is set.",
+                                "which also take llama-tiny ... llama-base. Default tiny when nothing else is set. "
+                                "A preset brings a from-scratch learning rate (tiny 2e-3, mini/small 1e-3, medium/base "
+                                "5e-4) and warm-up (6%% of the steps) unless --learning_rate / --warmup_steps are given.",
                                 "choices": ALL_PRESETS})
     tokenizer_name: str | None = field(
         default=None, metadata={"help": "Tokenizer folder or Hub id. Unset: the student's, else a WordPiece "

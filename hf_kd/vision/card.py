@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..core.hub import PAPER, TAGS, HubSettings, push_folder, run_card_rows
+from ..core.hub import PAPER, TAGS, HubSettings, cost_note, push_folder, run_card_rows
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def card_text(name: str, f: dict[str, Any], pushed: bool = False) -> str:
     title = name if pushed else Path(name).name
     return (f"# {title}\n\nAn image classifier trained with hf-kd (knowledge distillation with a KD cutoff, after "
             f"{PAPER}). {_kd_sentence(f)}\n\n## Training\n\n| | |\n|---|---|\n{table}\n\n"
-            "GPU-hours: each interval's training wall-clock x the processes running then (evaluation excluded); top-1/top-5 are on the "
+            f"{cost_note(f.get('device'))}; top-1/top-5 are on the "
             "validation split at the last step.\n\n"
             f"## Use\n\n```python\n{_usage(name, pushed)}\n```\n\n"
             "The folder also works as a teacher: `--teacher_checkpoint <folder>`.\n")

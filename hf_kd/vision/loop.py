@@ -347,7 +347,7 @@ class VisionRun:
             "kd_divergence": a.kd_divergence if kd else None,
             "training_data": self.data.source, "train_steps": self.state.step, "max_steps": self.max_steps,
             "global_batch_size": a.per_device_train_batch_size * a.gradient_accumulation_steps * self.acc.num_processes,
-            "num_processes": self.acc.num_processes, "gpu_hours": self.meter.gpu_hours,
+            "num_processes": self.acc.num_processes, "device": self.acc.device.type, "gpu_hours": self.meter.gpu_hours,
             "eval_gpu_hours": self.meter.eval_gpu_hours, "learning_rate": a.learning_rate,
             "label_smoothing": a.label_smoothing, "seed": a.seed,
         }

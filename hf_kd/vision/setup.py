@@ -29,9 +29,11 @@ from pathlib import Path
 
 import torch
 
+from ..core.errors import UserError
 from ..core.kd_args import kd_field, validate_kd_fields
 from ..core.schedule import resolve_kd_stop_step
 from ..core.teachers import TeacherLoadError, load_state_dict_file
+from ..core.trackers import check_trackers
 
 logger = logging.getLogger(__name__)
 
@@ -72,12 +74,22 @@ class VisionModelArguments:
     )
 
     def __post_init__(self):
+        require_torchvision()  # at parse time: --help still answers without it
         self.teacher_checkpoint = list(self.teacher_checkpoint or [])
         self.teacher_model = list(self.teacher_model or [])
         if self.teacher_model and len(self.teacher_model) != len(self.teacher_checkpoint):
             raise TeacherLoadError(
                 f"{len(self.teacher_model)} --teacher_model but {len(self.teacher_checkpoint)} --teacher_checkpoint: "
                 "give them pairwise (or omit --teacher_model when every checkpoint is a run output dir)")
+
+
+def require_torchvision() -> None:
+    """The vision task needs the ``vision`` extra; without it, say so in one line rather than a raw import error."""
+    try:
+        import torchvision  # noqa: F401
+    except ImportError as e:
+        raise UserError('the vision task needs torchvision, which is not installed; run `pip install "hf-kd[vision]"` '
+                        '(from a clone: pip install -e ".[vision]")') from e
 
 
 def classification_models() -> list[str]:
@@ -301,6 +313,7 @@ class VisionTrainingArguments:
             raise ValueError(f"mixed_precision={self.mixed_precision!r} is invalid: expected one of {MIXED_PRECISION}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing={self.label_smoothing!r} is invalid: expected a number in [0, 1)")
+        check_trackers(self.report_to)  # the package to install, in one line, before model and data set-up
         if self.report_to != "none":
             from accelerate.tracking import get_available_trackers
 

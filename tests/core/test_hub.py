@@ -57,7 +57,8 @@ def test_model_card_records_the_run_and_folder_is_a_model_repo(tmp_path):
     assert facts["kd_teacher_selection"] == "mean" and facts["train_steps"] == 3
     assert facts["training_data"].startswith("built-in corpus")
     assert facts["gpu_hours"] == pytest.approx(metrics["gpu_hours"]) and facts["gpu_hours"] > 0
-    for text in (str(base), "kd_alpha", "0.5", "KD stop step", "GPU-hours", "training data"):
+    assert facts["device"] == "cpu"  # the cost is named after the device it was spent on; the key stays gpu_hours
+    for text in (str(base), "kd_alpha", "0.5", "KD stop step", "CPU-hours (training)", "training data"):
         assert text in card.text, text
     # a loadable Hub model repo: safetensors weights, config, tokenizer, card
     for name in ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "README.md"):

@@ -97,6 +97,7 @@ def test_sweep_progress_bar_and_no_load_report(tmp_path, capfd, monkeypatch):
     err = capfd.readouterr().err
     assert re.search(r"GLUE fine-tunes: 100%.*4/4 \[", err), err[-2000:]
     assert "LOAD REPORT" not in err
+    assert "Model config" not in err and '"architectures"' not in err  # no fine-tune's full config
     from transformers import AutoModelForSequenceClassification  # the table transformers prints without us
 
     AutoModelForSequenceClassification.from_pretrained(str(run / "checkpoint-2"), num_labels=2)

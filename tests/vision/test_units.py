@@ -85,13 +85,23 @@ def test_bad_flags_give_one_line_errors(tmp_path, capsys, flags, message):
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
 
 
-def test_missing_tracker_is_a_one_line_error():
-    from accelerate.utils import is_tensorboard_available
+def test_missing_tracker_is_a_one_line_error_naming_the_extra(monkeypatch):
+    import hf_kd.core.trackers as trackers
 
-    if is_tensorboard_available():
-        pytest.skip("tensorboard is installed here")
-    with pytest.raises(ValueError, match="tracker is not installed"):
+    monkeypatch.setattr(trackers, "_installed", lambda module: False)  # as on a machine without tensorboard
+    with pytest.raises(ValueError, match=r'--report_to tensorboard needs the tensorboard package.*hf-kd\[tensorboard\]'):
         VisionTrainingArguments(output_dir="x", report_to="tensorboard")
+
+
+def test_without_torchvision_the_script_names_the_extra(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # import torchvision now raises ImportError
+    assert run_cli(lambda: run_resnet_kd.main(["--output_dir", str(tmp_path / "o")])) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ['error: the vision task needs torchvision, which is not installed; run `pip install '
+                   '"hf-kd[vision]"` (from a clone: pip install -e ".[vision]")']
+    assert not (tmp_path / "o").exists()
 
 
 def test_stop_step_flags_follow_the_text_trainer():
