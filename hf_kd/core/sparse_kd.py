@@ -39,6 +39,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .losses import DistillationLoss, ce_sum
+
 MISSING_MASS = ("rest", "renormalize", "sampled")
 # Stands in for log(0) in the student's rest bucket when the stored ids cover the whole vocabulary: finite, so
 # logsumexp's backward stays defined (exp(-inf - -inf) is NaN); exp() of it is exactly 0 in float32.
@@ -130,3 +132,54 @@ def sampled_targets(teacher_logp: torch.Tensor, n: int, generator: torch.Generat
         ids = torch.multinomial(teacher_logp.exp(), n, replacement=True, generator=generator)
     return SparseTargets(ids=ids.to(torch.int32), logp=teacher_logp.gather(-1, ids),
                          log_rest=teacher_logp.new_full(teacher_logp.shape[:-1], float("nan")))
+
+
+def effective_target(s_logp: torch.Tensor, targets: SparseTargets, missing_mass: str = "rest") -> torch.Tensor:
+    """The dense ``[R, V]`` distribution ``q~`` whose forward-KL gradient ``p - q~`` (w.r.t. the tempered student
+    logits, ``p = exp(s_logp)``) is the gradient of :func:`sparse_kd_per_row` -- what the chunked causal-LM loss,
+    which writes gradients itself, needs instead of a teacher's dense log-probs.
+
+    ``rest``: ``q~ = q`` on the stored ids; off them the student's own distribution scaled to the teacher's rest
+    mass, ``q_rest * p_j / p_rest`` (differentiating ``-q_rest log p_rest`` gives exactly that term), so the KL
+    to ``q~`` is also the K+1-bucket loss. ``renormalize``: the renormalised teacher on its ids, 0 elsewhere.
+    ``sampled``: the draws' empirical distribution (each draw ``1/n``): the gradient of the sampled estimate.
+    ``s_logp`` is treated as a constant (``q~`` is a target, not part of the graph).
+    """
+    s_logp = s_logp.detach()
+    ids = targets.ids.long()
+    t_logp = targets.logp.float()
+    if missing_mass == "sampled":
+        return torch.zeros_like(s_logp).scatter_add_(-1, ids, torch.full_like(t_logp, 1.0 / ids.shape[-1]))
+    if missing_mass == "renormalize":
+        return torch.zeros_like(s_logp).scatter_(-1, ids, torch.softmax(t_logp, dim=-1))
+    outside = s_logp.scatter(-1, ids, float("-inf"))
+    floor = outside.new_full((outside.shape[0], 1), _LOG_ZERO)
+    s_rest = torch.logsumexp(torch.cat([outside, floor], dim=-1), dim=-1, keepdim=True)
+    # log_rest = -inf (ids cover the vocabulary) gives exp(-inf) = 0 off the support, as it should.
+    q = (outside + (targets.log_rest.float().unsqueeze(-1) - s_rest)).exp_()
+    return q.scatter_(-1, ids, t_logp.exp())
+
+
+def sparse_distillation_loss(student_logits: torch.Tensor, labels: torch.Tensor, targets: SparseTargets,
+                             kd_rows: torch.Tensor | None = None, *, alpha: float, temperature: float,
+                             ce_denominator: float | torch.Tensor, kd_denominator: float | torch.Tensor | None = None,
+                             missing_mass: str = "rest") -> DistillationLoss:
+    """:func:`hf_kd.core.losses.distillation_loss` with stored targets: ``(1 - alpha) * CE + alpha * T**2 * KD``,
+    KD from :func:`sparse_kd_sum` (forward KL only), each term a sum over its rows divided by its step count.
+
+    Args:
+        student_logits: ``[N, V]`` (or ``[B, L, V]``, flattened); labels alike, -100 where no CE is taken.
+        targets: the stored targets of the KD rows, in row-major order.
+        kd_rows: ``[N]`` int64 indices of the KD rows among the student's rows; ``None`` = every row.
+    """
+    v = student_logits.shape[-1]
+    flat = student_logits.reshape(-1, v)
+    ce = ce_sum(flat, labels.reshape(-1)) / ce_denominator
+    kd_logits = flat if kd_rows is None else flat.index_select(0, kd_rows)
+    if kd_logits.shape[0] != len(targets):
+        raise ValueError(f"stored teacher targets hold {len(targets)} rows but this micro-batch has "
+                         f"{kd_logits.shape[0]} KD rows: the cache was produced for another stream")
+    kd = sparse_kd_sum(kd_logits, targets, temperature, missing_mass) / (
+        ce_denominator if kd_denominator is None else kd_denominator)
+    loss = (1.0 - alpha) * ce + alpha * temperature**2 * kd
+    return DistillationLoss(loss=loss, ce=ce.detach(), kd=kd.detach())
