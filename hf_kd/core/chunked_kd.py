@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .losses import DIVERGENCES, IGNORE_INDEX, DistillationLoss, teacher_log_probs
-from .sparse_kd import SparseTargets, effective_target, sparse_kd_sum
+from .sparse_kd import SparseTargets, sparse_kd_parts
 
 # float32 elements per [chunk, V] buffer: 2**22 = 16 MB, a handful of which are alive at once.
 DEFAULT_CHUNK_ELEMENTS = 2**22
@@ -56,11 +56,21 @@ def _chunk_grad_logits(z, labels, t_logits, temperature, divergence, ce_scale, k
     if t_logits is None:
         grad = logp.exp_().mul_(ce_row)
     elif isinstance(t_logits[0], SparseTargets):
-        # Stored targets: the sparse loss value, and its gradient as forward KL to the equivalent dense target.
+        # Stored targets: d/dz = ce_row * (softmax(z) - onehot) + kd_scale * (p_T - q~), with q~ = beta * p_T off
+        # the ids and `on` at them (sparse_kd_parts): one pass over [C, V] plus a k-wide scatter.
+        t = t_logits[0]
         s_logp = logp if temperature == 1.0 else F.log_softmax(z / temperature, dim=-1)
-        kd_sum = sparse_kd_sum(z, t_logits[0], temperature, missing_mass)
-        kd_grad = s_logp.exp().sub_(effective_target(s_logp, t_logits[0], missing_mass)).mul_(kd_scale)
-        grad = logp.exp_().mul_(ce_row).add_(kd_grad)  # after kd_grad: exp_ overwrites s_logp when T == 1
+        kd_rows, beta, on = sparse_kd_parts(s_logp, t, missing_mass)
+        kd_sum = kd_rows.sum()
+        ids = t.ids.long()
+        p_at = s_logp.gather(-1, ids).exp_()
+        fix = (beta.unsqueeze(1) * p_at - on).mul_(kd_scale)  # at the ids: from beta * p to the stored target
+        off = (1.0 - beta).mul_(kd_scale).unsqueeze(1)
+        if temperature == 1.0:
+            grad = logp.exp_().mul_(ce_row + off)
+        else:
+            grad = logp.exp_().mul_(ce_row).add_(s_logp.exp_().mul_(off))
+        grad.scatter_add_(1, ids, fix)
     elif divergence == "forward_kl":
         # d/dz = ce_row * (softmax(z) - onehot) + kd_scale * (p_T - q)
         t_logp = teacher_log_probs(t_logits, temperature)

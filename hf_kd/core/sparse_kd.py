@@ -134,30 +134,36 @@ def sampled_targets(teacher_logp: torch.Tensor, n: int, generator: torch.Generat
                          log_rest=teacher_logp.new_full(teacher_logp.shape[:-1], float("nan")))
 
 
-def effective_target(s_logp: torch.Tensor, targets: SparseTargets, missing_mass: str = "rest") -> torch.Tensor:
-    """The dense ``[R, V]`` distribution ``q~`` whose forward-KL gradient ``p - q~`` (w.r.t. the tempered student
-    logits, ``p = exp(s_logp)``) is the gradient of :func:`sparse_kd_per_row` -- what the chunked causal-LM loss,
-    which writes gradients itself, needs instead of a teacher's dense log-probs.
+def sparse_kd_parts(s_logp: torch.Tensor, targets: SparseTargets,
+                    missing_mass: str = "rest") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For a loss that writes its own gradients (the chunked causal-LM loss): the per-row KD value and the dense
+    target ``q~`` whose forward-KL gradient ``p - q~`` (w.r.t. the tempered student logits, ``p = exp(s_logp)``)
+    is the gradient of :func:`sparse_kd_per_row`, in factored form -- ``q~ = beta * p`` off the stored ids and
+    ``on`` at them -- so the caller needs no extra pass over ``[R, V]`` beyond ``p`` itself.
 
-    ``rest``: ``q~ = q`` on the stored ids; off them the student's own distribution scaled to the teacher's rest
-    mass, ``q_rest * p_j / p_rest`` (differentiating ``-q_rest log p_rest`` gives exactly that term), so the KL
-    to ``q~`` is also the K+1-bucket loss. ``renormalize``: the renormalised teacher on its ids, 0 elsewhere.
-    ``sampled``: the draws' empirical distribution (each draw ``1/n``): the gradient of the sampled estimate.
-    ``s_logp`` is treated as a constant (``q~`` is a target, not part of the graph).
+    ``rest``: ``on = q``, ``beta = q_rest / p_rest`` (differentiating ``-q_rest log p_rest`` puts the student's own
+    distribution, scaled to the teacher's rest mass, off the support). The student's rest mass is taken as
+    ``1 - sum(p on the ids)`` here (clamped): its rounding only matters where the teacher's rest mass is itself
+    negligible. ``renormalize``: ``on`` = the renormalised teacher, ``beta = 0``. ``sampled``: each draw ``1/n``
+    (ids may repeat: scatter-add ``on``), ``beta = 0``. Returns ``(kd [R], beta [R], on [R, k])``, all detached.
     """
     s_logp = s_logp.detach()
     ids = targets.ids.long()
     t_logp = targets.logp.float()
+    s_at = s_logp.gather(-1, ids)
+    zero = torch.zeros_like(s_at[:, 0])
     if missing_mass == "sampled":
-        return torch.zeros_like(s_logp).scatter_add_(-1, ids, torch.full_like(t_logp, 1.0 / ids.shape[-1]))
+        return (t_logp - s_at).mean(-1), zero, torch.full_like(t_logp, 1.0 / ids.shape[-1])
     if missing_mass == "renormalize":
-        return torch.zeros_like(s_logp).scatter_(-1, ids, torch.softmax(t_logp, dim=-1))
-    outside = s_logp.scatter(-1, ids, float("-inf"))
-    floor = outside.new_full((outside.shape[0], 1), _LOG_ZERO)
-    s_rest = torch.logsumexp(torch.cat([outside, floor], dim=-1), dim=-1, keepdim=True)
-    # log_rest = -inf (ids cover the vocabulary) gives exp(-inf) = 0 off the support, as it should.
-    q = (outside + (targets.log_rest.float().unsqueeze(-1) - s_rest)).exp_()
-    return q.scatter_(-1, ids, t_logp.exp())
+        t_norm = t_logp - torch.logsumexp(t_logp, dim=-1, keepdim=True)
+        on = t_norm.exp()
+        return (on * (t_norm - s_at)).sum(-1), zero, on
+    on = t_logp.exp()
+    t_rest = targets.log_rest.float()
+    r = t_rest.exp()  # 0 where the ids cover the vocabulary (log_rest = -inf)
+    p_rest = (1.0 - s_at.exp().sum(-1)).clamp_min(torch.finfo(torch.float32).tiny)
+    rest = r * (torch.where(torch.isfinite(t_rest), t_rest, 0.0) - p_rest.log())
+    return (on * (t_logp - s_at)).sum(-1) + rest, r / p_rest, on
 
 
 def sparse_distillation_loss(student_logits: torch.Tensor, labels: torch.Tensor, targets: SparseTargets,
