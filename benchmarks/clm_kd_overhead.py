@@ -9,6 +9,7 @@ Variants, timed interleaved (round-robin, median of ``--reps`` rounds) so machin
 
 * ``plain``      ``transformers.Trainer``, the model's own causal-LM loss (no teacher)
 * ``ours``       ``DistillationTrainer``, CE + forward KL (alpha 0.5, T 1), chunked fused head+loss (the default)
+* ``ours_base``  ``DistillationTrainer`` without a teacher: the no-KD baseline of the same loss path (chunked CE)
 * ``cached``     ``DistillationTrainer`` reading stored top-64 float16 targets (``--kd_teacher_cache``): no teacher
                  in memory; same loss path (chunked), rest-bucket sparse KD
 * ``ours_full``  the same with ``clm_chunk_size=0`` (full ``[positions, vocab]`` logits; for comparison)
@@ -40,7 +41,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 from hf_kd import DistillationTrainer, DistillationTrainingArguments
 
 PRODUCTION: dict = {}  # the cached variant's production measurements (teacher positions/s, bytes per position)
-VARIANTS = ("plain", "ours", "cached", "ours_full", "hand", "trl")
+VARIANTS = ("plain", "ours_base", "ours", "cached", "ours_full", "hand", "trl")
 
 
 def make_model(a: argparse.Namespace, seed: int) -> GPT2LMHeadModel:
@@ -90,6 +91,8 @@ def make_trainer(variant: str, a: argparse.Namespace) -> Trainer:
     student = make_model(a, 0)
     if variant == "plain":
         return Trainer(model=student, args=TrainingArguments(**_common(outdir)))
+    if variant == "ours_base":
+        return DistillationTrainer(model=student, args=DistillationTrainingArguments(**_common(outdir)))
     if variant in ("ours", "ours_full"):
         args = DistillationTrainingArguments(**_common(outdir), kd_alpha=0.5, kd_temperature=1.0,
                                              clm_chunk_size=0 if variant == "ours_full" else None)
