@@ -9,6 +9,9 @@ Variants, timed interleaved (round-robin, median of ``--reps`` rounds) so machin
 
 * ``plain``      ``transformers.Trainer``, the model's own causal-LM loss (no teacher)
 * ``ours``       ``DistillationTrainer``, CE + forward KL (alpha 0.5, T 1), chunked fused head+loss (the default)
+* ``ours_base``  ``DistillationTrainer`` without a teacher: the no-KD baseline of the same loss path (chunked CE)
+* ``cached``     ``DistillationTrainer`` reading stored top-64 float16 targets (``--kd_teacher_cache``): no teacher
+                 in memory; same loss path (chunked), rest-bucket sparse KD
 * ``ours_full``  the same with ``clm_chunk_size=0`` (full ``[positions, vocab]`` logits; for comparison)
 * ``hand``       a minimal ``Trainer`` subclass: model loss + ``F.kl_div`` of full shifted logits (what users write)
 * ``trl``        TRL ``GKDTrainer(lmbda=0, beta=0)`` (supervised forward KL, KD term only), when TRL imports
@@ -37,7 +40,8 @@ from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
 from hf_kd import DistillationTrainer, DistillationTrainingArguments
 
-VARIANTS = ("plain", "ours", "ours_full", "hand", "trl")
+PRODUCTION: dict = {}  # the cached variant's production measurements (teacher positions/s, bytes per position)
+VARIANTS = ("plain", "ours_base", "ours", "cached", "ours_full", "hand", "trl")
 
 
 def make_model(a: argparse.Namespace, seed: int) -> GPT2LMHeadModel:
@@ -87,10 +91,21 @@ def make_trainer(variant: str, a: argparse.Namespace) -> Trainer:
     student = make_model(a, 0)
     if variant == "plain":
         return Trainer(model=student, args=TrainingArguments(**_common(outdir)))
+    if variant == "ours_base":
+        return DistillationTrainer(model=student, args=DistillationTrainingArguments(**_common(outdir)))
     if variant in ("ours", "ours_full"):
         args = DistillationTrainingArguments(**_common(outdir), kd_alpha=0.5, kd_temperature=1.0,
                                              clm_chunk_size=0 if variant == "ours_full" else None)
         return DistillationTrainer(model=student, teacher_model=make_model(a, 1), args=args)
+    if variant == "cached":
+        from cache_bench import build_cache, cached_trainer
+
+        args = DistillationTrainingArguments(**_common(outdir), kd_alpha=0.5, kd_temperature=1.0)
+        info = build_cache(f"{outdir}/cache", "clm", make_model(a, 1), make_batch(a), args)[1]
+        PRODUCTION.update(info)
+        args = DistillationTrainingArguments(**_common(outdir), kd_alpha=0.5, kd_temperature=1.0,
+                                             kd_teacher_cache=f"{outdir}/cache")
+        return cached_trainer(student, args)
     if variant == "hand":
         return HandKDTrainer(make_model(a, 1), model=student, args=TrainingArguments(**_common(outdir)))
     from datasets import Dataset
@@ -119,6 +134,9 @@ def prepare(trainer: Trainer) -> Trainer:
 
 
 def one_step(trainer: Trainer, batch: dict) -> None:
+    from cache_bench import rewind
+
+    rewind(trainer)
     model = trainer.model
     model.train()
     n = (batch["labels"][:, 1:] != -100).sum()
@@ -211,13 +229,16 @@ def main() -> None:
                                       for v in variants},
            "peak_rss_mib": mem,
            "rss_over_plain_mib": {v: mem[v] - mem["plain"] for v in variants},
-           "missing": [v for v in a.variants if v not in variants]}
+           "missing": [v for v in a.variants if v not in variants], "cache_production": PRODUCTION}
     print(f"tiny GPT-2 {a.layers}L/{a.hidden}, vocab {a.vocab}, batch {a.batch} x {a.seq}, CPU, {a.threads} thread(s)")
     print(f"  {'variant':<10} {'ms/step':>9} {'x plain':>8} {'x plain/round':>14} {'peak RSS MiB':>13} {'+ over plain':>13}")
     for v in variants:
         print(f"  {v:<10} {1000 * med[v]:9.1f} {med[v] / med['plain']:8.2f} {res['ratio_per_round_median'][v]:14.2f} "
               f"{mem[v]:13.0f} {mem[v] - mem['plain']:+13.0f}")
     print(f"  FLOP-model ideal (same-size teacher): {ideal:.2f} x plain")
+    if PRODUCTION:
+        print(f"  cache production (teacher forward + top-64 + encode): {PRODUCTION['teacher_positions_per_second']:.0f}"
+              f" KD positions/s; {PRODUCTION['bytes_per_kd_position']:.1f} bytes per KD position (float16)")
     if res["missing"]:
         print(f"  not run (not importable): {res['missing']}")
     if a.json:

@@ -27,12 +27,14 @@ import torch
 import torch.nn.functional as F
 
 from .losses import DIVERGENCES, IGNORE_INDEX, DistillationLoss, teacher_log_probs
+from .sparse_kd import SparseTargets, sparse_kd_parts
 
 # float32 elements per [chunk, V] buffer: 2**22 = 16 MB, a handful of which are alive at once.
 DEFAULT_CHUNK_ELEMENTS = 2**22
 
 TeacherHead = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # (hidden [N, Ht], weight [V, Ht], bias [V])
-TeacherTarget = torch.Tensor | TeacherHead  # a teacher's logits [N, V] at the rows, or its TeacherHead
+# A teacher's logits [N, V] at the rows, its TeacherHead, or its stored sparse targets there (a teacher cache).
+TeacherTarget = torch.Tensor | TeacherHead | SparseTargets
 
 
 def default_chunk_size(vocab_size: int) -> int:
@@ -40,7 +42,7 @@ def default_chunk_size(vocab_size: int) -> int:
     return max(1, DEFAULT_CHUNK_ELEMENTS // max(1, vocab_size))
 
 
-def _chunk_grad_logits(z, labels, t_logits, temperature, divergence, ce_scale, kd_scale):
+def _chunk_grad_logits(z, labels, t_logits, temperature, divergence, ce_scale, kd_scale, missing_mass="rest"):
     """Loss sums and d(loss)/dz of one chunk. Returns (ce_sum, kd_sum or None, grad_z float32 [C, V]).
 
     Written for few passes over the ``[C, V]`` buffers (the step is memory-bound there): in-place ops, the
@@ -53,6 +55,22 @@ def _chunk_grad_logits(z, labels, t_logits, temperature, divergence, ce_scale, k
     kd_sum = None
     if t_logits is None:
         grad = logp.exp_().mul_(ce_row)
+    elif isinstance(t_logits[0], SparseTargets):
+        # Stored targets: d/dz = ce_row * (softmax(z) - onehot) + kd_scale * (p_T - q~), with q~ = beta * p_T off
+        # the ids and `on` at them (sparse_kd_parts): one pass over [C, V] plus a k-wide scatter.
+        t = t_logits[0]
+        s_logp = logp if temperature == 1.0 else F.log_softmax(z / temperature, dim=-1)
+        kd_rows, beta, on = sparse_kd_parts(s_logp, t, missing_mass)
+        kd_sum = kd_rows.sum()
+        ids = t.ids.long()
+        p_at = s_logp.gather(-1, ids).exp_()
+        fix = (beta.unsqueeze(1) * p_at - on).mul_(kd_scale)  # at the ids: from beta * p to the stored target
+        off = (1.0 - beta).mul_(kd_scale).unsqueeze(1)
+        if temperature == 1.0:
+            grad = logp.exp_().mul_(ce_row + off)
+        else:
+            grad = logp.exp_().mul_(ce_row).add_(s_logp.exp_().mul_(off))
+        grad.scatter_add_(1, ids, fix)
     elif divergence == "forward_kl":
         # d/dz = ce_row * (softmax(z) - onehot) + kd_scale * (p_T - q)
         t_logp = teacher_log_probs(t_logits, temperature)
@@ -81,6 +99,9 @@ def _chunk_target(teacher: TeacherTarget, start: int, chunk_size: int) -> torch.
     """A teacher's logits for rows ``start:start + chunk_size``: given, or from its hidden states and head."""
     if isinstance(teacher, torch.Tensor):
         return teacher[start:start + chunk_size]
+    if isinstance(teacher, SparseTargets):
+        sl = slice(start, start + chunk_size)
+        return SparseTargets(teacher.ids[sl], teacher.logp[sl], teacher.log_rest[sl])
     th, tw, tb = teacher
     return F.linear(th[start:start + chunk_size], tw, tb)
 
@@ -90,7 +111,7 @@ class _ChunkedLinearKD(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, ce_den, kd_den, alpha, temperature, divergence, chunk_size,
-                teachers, grad_enabled):
+                teachers, grad_enabled, missing_mass):
         n = hidden.shape[0]
         has_kd = bool(teachers)
         ce_w = (1.0 - alpha) if has_kd else 1.0  # no teacher: plain CE with weight 1, as distillation_loss
@@ -112,7 +133,7 @@ class _ChunkedLinearKD(torch.autograd.Function):
                 with torch.inference_mode():
                     t_logits = [_chunk_target(t, start, chunk_size) for t in teachers]
             ce_c, kd_c, g = _chunk_grad_logits(z, labels[start:start + chunk_size], t_logits, temperature, divergence,
-                                               ce_scale, kd_scale)
+                                               ce_scale, kd_scale, missing_mass)
             ce_total += ce_c
             if kd_c is not None:
                 kd_total += kd_c
@@ -139,7 +160,7 @@ class _ChunkedLinearKD(torch.autograd.Function):
         grad_h, grad_w, grad_b = ctx.saved_tensors
         scale = grad_loss
         out = [None if g is None else g * scale.to(g.dtype) for g in (grad_h, grad_w, grad_b)]
-        return (*out, None, None, None, None, None, None, None, None, None)
+        return (*out, None, None, None, None, None, None, None, None, None, None)
 
 
 def chunked_distillation_loss(
@@ -155,6 +176,7 @@ def chunked_distillation_loss(
     ce_denominator: float | torch.Tensor,
     kd_denominator: float | torch.Tensor | None = None,
     chunk_size: int | None = None,
+    missing_mass: str = "rest",
 ) -> DistillationLoss:
     """``(1 - alpha) * CE + alpha * T**2 * D`` from hidden states and head weights, never holding ``[N, V]`` logits.
 
@@ -170,6 +192,8 @@ def chunked_distillation_loss(
             space (ensemble ``"mean"``).
         ce_denominator / kd_denominator: step-level counts the sums are divided by (kd defaults to ce).
         chunk_size: rows per chunk; default :func:`default_chunk_size` of the vocabulary.
+        missing_mass: how stored :class:`~hf_kd.core.sparse_kd.SparseTargets` (one target, forward KL only) treat
+            the teacher mass outside their ids (:func:`hf_kd.core.sparse_kd.sparse_kd_per_row`).
     Returns:
         :class:`~hf_kd.core.losses.DistillationLoss` (``kd`` is ``None`` without teachers).
     """
@@ -179,7 +203,15 @@ def chunked_distillation_loss(
         raise ValueError(f"hidden {tuple(hidden.shape)} and head weight {tuple(weight.shape)} do not fit; expected "
                          "hidden [N, H] and weight [V, H]")
     teachers = list(teachers or [])
+    if any(isinstance(t, SparseTargets) for t in teachers) and (len(teachers) != 1 or divergence != "forward_kl"):
+        raise ValueError("stored teacher targets are one target per step (an ensemble's is stored mixed) and support "
+                         f"forward_kl only; got {len(teachers)} targets and kd_divergence={divergence!r}")
     for t in teachers:
+        if isinstance(t, SparseTargets):
+            if len(t) != hidden.shape[0]:
+                raise ValueError(f"stored teacher targets hold {len(t)} rows but this micro-batch has "
+                                 f"{hidden.shape[0]} KD rows: the cache was produced for another stream")
+            continue
         rows, vocab = (t.shape[0], t.shape[-1]) if isinstance(t, torch.Tensor) else (t[0].shape[0], t[1].shape[0])
         if rows != hidden.shape[0] or vocab != weight.shape[0]:
             raise ValueError(f"a teacher target ({rows} rows, {vocab} outputs) and the student's ({hidden.shape[0]} "
@@ -190,5 +222,5 @@ def chunked_distillation_loss(
     kd_den = ce_den if kd_denominator is None else torch.as_tensor(kd_denominator, device=dev)
     loss, ce, kd = _ChunkedLinearKD.apply(hidden, weight, bias, labels.reshape(-1), ce_den, kd_den, float(alpha),
                                           float(temperature), divergence, int(chunk), teachers,
-                                          torch.is_grad_enabled())
+                                          torch.is_grad_enabled(), missing_mass)
     return DistillationLoss(loss=loss, ce=ce, kd=kd if teachers else None)

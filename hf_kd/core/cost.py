@@ -167,3 +167,16 @@ class CostMeter:
         self.train_gpu_seconds = float(state.get("train_gpu_seconds", self.train_seconds * saved_processes))
         self.eval_gpu_seconds = float(state.get("eval_gpu_seconds", self.eval_seconds * saved_processes))
         self.teacher_forwards = int(state.get("teacher_forwards", 0))
+
+
+def cache_share_gpu_hours(production_device_hours: float, cached_steps: int, steps_read: int,
+                          readers: int = 1) -> float:
+    """A cached-KD run's share of the teacher-cache production pass (``teacher_cache_gpu_hours``).
+
+    The pass cost ``production_device_hours`` for ``cached_steps`` steps; a run that has read ``steps_read`` of
+    them is charged that fraction, divided by the ``readers`` runs the cache is amortised over (1 = charged in
+    full to this run). Definitions: ``docs/design.md``, "Cost accounting".
+    """
+    if cached_steps <= 0:
+        return 0.0
+    return production_device_hours * min(steps_read, cached_steps) / cached_steps / max(1, readers)

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .losses import DistillationLoss, ce_sum
+
 MISSING_MASS = ("rest", "renormalize", "sampled")
 # Stands in for log(0) in the student's rest bucket when the stored ids cover the whole vocabulary: finite, so
 # logsumexp's backward stays defined (exp(-inf - -inf) is NaN); exp() of it is exactly 0 in float32.
@@ -130,3 +132,60 @@ def sampled_targets(teacher_logp: torch.Tensor, n: int, generator: torch.Generat
         ids = torch.multinomial(teacher_logp.exp(), n, replacement=True, generator=generator)
     return SparseTargets(ids=ids.to(torch.int32), logp=teacher_logp.gather(-1, ids),
                          log_rest=teacher_logp.new_full(teacher_logp.shape[:-1], float("nan")))
+
+
+def sparse_kd_parts(s_logp: torch.Tensor, targets: SparseTargets,
+                    missing_mass: str = "rest") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For a loss that writes its own gradients (the chunked causal-LM loss): the per-row KD value and the dense
+    target ``q~`` whose forward-KL gradient ``p - q~`` (w.r.t. the tempered student logits, ``p = exp(s_logp)``)
+    is the gradient of :func:`sparse_kd_per_row`, in factored form -- ``q~ = beta * p`` off the stored ids and
+    ``on`` at them -- so the caller needs no extra pass over ``[R, V]`` beyond ``p`` itself.
+
+    ``rest``: ``on = q``, ``beta = q_rest / p_rest`` (differentiating ``-q_rest log p_rest`` puts the student's own
+    distribution, scaled to the teacher's rest mass, off the support). The student's rest mass is taken as
+    ``1 - sum(p on the ids)`` here (clamped): its rounding only matters where the teacher's rest mass is itself
+    negligible. ``renormalize``: ``on`` = the renormalised teacher, ``beta = 0``. ``sampled``: each draw ``1/n``
+    (ids may repeat: scatter-add ``on``), ``beta = 0``. Returns ``(kd [R], beta [R], on [R, k])``, all detached.
+    """
+    s_logp = s_logp.detach()
+    ids = targets.ids.long()
+    t_logp = targets.logp.float()
+    s_at = s_logp.gather(-1, ids)
+    zero = torch.zeros_like(s_at[:, 0])
+    if missing_mass == "sampled":
+        return (t_logp - s_at).mean(-1), zero, torch.full_like(t_logp, 1.0 / ids.shape[-1])
+    if missing_mass == "renormalize":
+        t_norm = t_logp - torch.logsumexp(t_logp, dim=-1, keepdim=True)
+        on = t_norm.exp()
+        return (on * (t_norm - s_at)).sum(-1), zero, on
+    on = t_logp.exp()
+    t_rest = targets.log_rest.float()
+    r = t_rest.exp()  # 0 where the ids cover the vocabulary (log_rest = -inf)
+    p_rest = (1.0 - s_at.exp().sum(-1)).clamp_min(torch.finfo(torch.float32).tiny)
+    rest = r * (torch.where(torch.isfinite(t_rest), t_rest, 0.0) - p_rest.log())
+    return (on * (t_logp - s_at)).sum(-1) + rest, r / p_rest, on
+
+
+def sparse_distillation_loss(student_logits: torch.Tensor, labels: torch.Tensor, targets: SparseTargets,
+                             kd_rows: torch.Tensor | None = None, *, alpha: float, temperature: float,
+                             ce_denominator: float | torch.Tensor, kd_denominator: float | torch.Tensor | None = None,
+                             missing_mass: str = "rest") -> DistillationLoss:
+    """:func:`hf_kd.core.losses.distillation_loss` with stored targets: ``(1 - alpha) * CE + alpha * T**2 * KD``,
+    KD from :func:`sparse_kd_sum` (forward KL only), each term a sum over its rows divided by its step count.
+
+    Args:
+        student_logits: ``[N, V]`` (or ``[B, L, V]``, flattened); labels alike, -100 where no CE is taken.
+        targets: the stored targets of the KD rows, in row-major order.
+        kd_rows: ``[N]`` int64 indices of the KD rows among the student's rows; ``None`` = every row.
+    """
+    v = student_logits.shape[-1]
+    flat = student_logits.reshape(-1, v)
+    ce = ce_sum(flat, labels.reshape(-1)) / ce_denominator
+    kd_logits = flat if kd_rows is None else flat.index_select(0, kd_rows)
+    if kd_logits.shape[0] != len(targets):
+        raise ValueError(f"stored teacher targets hold {len(targets)} rows but this micro-batch has "
+                         f"{kd_logits.shape[0]} KD rows: the cache was produced for another stream")
+    kd = sparse_kd_sum(kd_logits, targets, temperature, missing_mass) / (
+        ce_denominator if kd_denominator is None else kd_denominator)
+    loss = (1.0 - alpha) * ce + alpha * temperature**2 * kd
+    return DistillationLoss(loss=loss, ce=ce.detach(), kd=kd.detach())

@@ -38,6 +38,8 @@ class TeacherCache:
         self.manifest = manifest
         self._by_address = {(e.rank, e.index): e for e in manifest.shards}
         self._loaded: tuple[ShardEntry, dict[str, torch.Tensor]] | None = None
+        # Pinned host memory lets a reader copy targets to the GPU asynchronously (non_blocking): set by the reader.
+        self.pin_memory = False
 
     @classmethod
     def open(cls, folder: str | Path) -> TeacherCache:
@@ -61,6 +63,10 @@ class TeacherCache:
             raise TeacherCacheError(f"{problem}: the cache in {str(self.folder)!r} was produced for another run; "
                                     "re-run hf-kd cache-teacher with this run's flags")
 
+    def close(self) -> None:
+        """Drop the loaded shard (a run past its KD stop reads no more targets)."""
+        self._loaded = None
+
     def verify(self, ranks: list[int] | None = None) -> None:
         """Check that every step has its shard for each rank and that every shard is intact (size, sha256)."""
         m = self.manifest
@@ -83,7 +89,8 @@ class TeacherCache:
             raise TeacherCacheError(f"step {step} is outside the teacher cache's steps 0..{self.manifest.steps - 1}")
         entry = self._entry(rank, step // self.manifest.steps_per_shard)
         if self._loaded is None or self._loaded[0] is not entry:
-            self._loaded = (entry, read_shard(self.folder, entry))
+            tensors = read_shard(self.folder, entry)
+            self._loaded = (entry, {k: v.pin_memory() for k, v in tensors.items()} if self.pin_memory else tensors)
         tensors = self._loaded[1]
         k_ids, k_logp, k_rest = target_keys(step, micro_batch)
         if k_ids not in tensors:

@@ -18,13 +18,11 @@ import dataclasses
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..core.cache_format import (
-    LOGP_DTYPES,
     MANIFEST,
     Manifest,
     ShardEntry,
@@ -35,48 +33,19 @@ from ..core.cache_format import (
     write_shard,
 )
 from ..core.errors import UserError
-from ..core.fingerprint import model_fingerprint, text_content_hash, tokenizer_hash
 from ..core.schedule import resolve_kd_stop_step
+from .cache_manifest import DEFAULT_TOP_K, TASKS, CacheArguments, stream_manifest, teacher_fingerprint
 from .cache_stream import training_batches
 from .cache_targets import ShardProducer
 from .config import DistillationTrainingArguments
-from .data import load_raw_splits
 from .pretrain import build_trainer
 from .script_args import ClmDataArguments, DataArguments, ModelArguments
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TOP_K = 64
-
-
-TASKS = ("mlm", "clm")
-
-
-@dataclass
-class CacheArguments:
-    task: str = field(default="mlm", metadata={"help": "Which training script the cache serves: mlm (run_mlm_kd.py) "
-                      "or clm (run_clm_kd.py, which also takes --block_size).", "choices": TASKS})
-    top_k: int = field(default=DEFAULT_TOP_K, metadata={"help": "Teacher tokens stored per KD position (the rest mass "
-                       "is stored too); >= the vocabulary stores the full distribution. Default chosen in docs/cache.md."})
-    sample_tokens: int = field(default=0, metadata={"help": "Instead of the top k, store this many tokens drawn from "
-                               "the teacher per KD position (Sparse Logit Sampling: an unbiased KD estimate, read with "
-                               "missing_mass='sampled'). 0 = top-k targets."})
-    producer_batch_size: int | None = field(default=None, metadata={"help": "Sequences per teacher forward (several "
-                                            "micro-batches together). Unset = one training micro-batch at a time."})
-    logp_dtype: str = field(default="float16", metadata={"help": "dtype of the stored log-probabilities "
-                            "(docs/cache.md measures bytes vs loss error).", "choices": tuple(LOGP_DTYPES)})
-    steps_per_shard: int = field(default=100, metadata={"help": "Optimizer steps per shard file (and per resume unit)."})
-
-    def __post_init__(self):
-        if self.top_k < 1:
-            raise UserError(f"--top_k {self.top_k} is invalid; expected an integer >= 1")
-        if self.sample_tokens < 0:
-            raise UserError(f"--sample_tokens {self.sample_tokens} is invalid; expected 0 (top-k) or an integer >= 1")
-        if self.producer_batch_size is not None and self.producer_batch_size < 1:
-            raise UserError(f"--producer_batch_size {self.producer_batch_size} is invalid; expected an integer >= 1")
-        if self.steps_per_shard < 1:
-            raise UserError(f"--steps_per_shard {self.steps_per_shard} is invalid; expected an integer >= 1")
-
+# The flags and the expected manifest live in cache_manifest.py (a reading run needs them too); re-exported here.
+__all__ = ["DEFAULT_TOP_K", "TASKS", "CacheArguments", "main", "produce_cache", "stream_manifest",
+           "teacher_fingerprint"]
 
 def device_type() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
@@ -87,38 +56,6 @@ def producer_teacher_dtype(args: DistillationTrainingArguments) -> str:
     if args.teacher_dtype == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return "bfloat16"
     return args.teacher_dtype
-
-
-def teacher_fingerprint(name: str, module: torch.nn.Module) -> str:
-    """A local teacher folder from its saved files (what a reading run can hash without loading it); a Hub id from
-    the weights as loaded, in the dtype they run in."""
-    return model_fingerprint(name) if Path(name).is_dir() else model_fingerprint(module)
-
-
-def stream_manifest(model_args: ModelArguments, data_args: DataArguments, args: DistillationTrainingArguments,
-                    cache_args: CacheArguments, task: str, trainer, stop: int) -> Manifest:
-    """The manifest of the stream and targets this producer (or, later, a reading run) is about."""
-    train_raw, _ = load_raw_splits(data_args)
-    col = data_args.text_column_name
-    if data_args.streaming:  # a Hub stream cannot be read whole here: its identity stands in for its content
-        data_hash = "stream:" + text_content_hash([str(data_args.dataset_name), str(data_args.dataset_config_name),
-                                                   str(data_args.train_file)])
-    else:
-        data_hash = text_content_hash(row[col] for row in train_raw)
-    names = list(args.teacher_model_name_or_path or [])
-    vocab = trainer.model.get_output_embeddings().weight.shape[0]
-    return Manifest(
-        task=task, teacher_fingerprints=[teacher_fingerprint(n, t) for n, t in zip(names, trainer.teachers, strict=True)],
-        teacher_selection=args.kd_teacher_selection, tokenizer_hash=tokenizer_hash(trainer.processing_class),
-        data_hash=data_hash, seed=args.seed, data_seed=args.data_seed,
-        per_device_train_batch_size=args.per_device_train_batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps, world_size=trainer.accelerator.num_processes,
-        block_size=data_args.max_seq_length, max_train_samples=data_args.max_train_samples, kd_positions=args.kd_positions,
-        mlm_probability=data_args.mlm_probability if task == "mlm" else None, temperature=args.kd_temperature,
-        top_k=cache_args.sample_tokens or min(cache_args.top_k, vocab),
-        targets="sampled" if cache_args.sample_tokens else "top_k", vocab_size=vocab, steps=stop, steps_per_shard=cache_args.steps_per_shard,
-        logp_dtype=cache_args.logp_dtype, teacher_names=names, max_steps=args.max_steps,
-        teacher_dtype=str(next(trainer.teachers[0].parameters()).dtype).removeprefix("torch."))
 
 
 def produce_cache(model_args: ModelArguments, data_args: DataArguments, args: DistillationTrainingArguments,

@@ -19,6 +19,8 @@ import torch
 
 from ..core.chunked_kd import chunked_distillation_loss, default_chunk_size
 from ..core.losses import DistillationLoss, distillation_loss
+from ..core.sparse_kd import SparseTargets, sparse_distillation_loss
+from .cached_teachers import CachedTeachers
 from .clm import HiddenCapture, chunked_ce_and_argmax, count_positions, fused_head, head_differs, loss_positions
 from .objective import LossSettings, MicroBatch, StepCounts, denominator
 from .rows import Rows
@@ -46,14 +48,14 @@ class CLMObjective:
 
     Args:
         student: the student module (as the Trainer holds it, before any wrapping).
-        teachers: the live teachers whose readers this objective sets (:meth:`readers_for`).
+        teachers: the live teachers whose readers this objective sets, or stored targets (no teacher modules).
         settings: the KD settings; chunk_size: ``clm_chunk_size`` (0 = full logits, ``None`` = auto).
         sharded_heads: DeepSpeed ZeRO-3 (head weights are gathered only inside the forward: full logits).
     """
 
     log_key = "clm_loss"
 
-    def __init__(self, student: torch.nn.Module, teachers: LiveTeachers, settings: LossSettings,
+    def __init__(self, student: torch.nn.Module, teachers: LiveTeachers | CachedTeachers, settings: LossSettings,
                  chunk_size: int | None, sharded_heads: bool):
         self.teachers = teachers
         self.settings = settings
@@ -68,6 +70,8 @@ class CLMObjective:
         self._set_readers()
 
     def _set_readers(self) -> None:
+        if not isinstance(self.teachers, LiveTeachers):
+            return
         if self._captures is None:
             self.teachers.readers[:] = [full_logits] * len(self.teachers.modules)
         else:
@@ -121,12 +125,17 @@ class CLMObjective:
         kw = dict(alpha=s.alpha, temperature=s.temperature, divergence=s.divergence, ce_denominator=ce_den,
                   kd_denominator=batch.kd_count if all_rows else ce_den)
         targets = self.teachers.targets(model_inputs, rows, batch.step) if batch.kd_on else []
+        stored = bool(targets) and isinstance(targets[0], SparseTargets)
         if self._captures is None:
-            return distillation_loss(rows.take(model(**model_inputs).logits), labels, targets or None, **kw), {}
+            logits = rows.take(model(**model_inputs).logits)
+            if stored:
+                kw.pop("divergence")
+                return sparse_distillation_loss(logits, labels, targets[0], missing_mass=s.missing_mass, **kw), {}
+            return distillation_loss(logits, labels, targets or None, **kw), {}
         head = self._captures[0].head
         hidden = self._student_hidden(model, model_inputs, rows)
         return chunked_distillation_loss(hidden, head.weight, head.bias, labels, targets, chunk_size=self._chunk,
-                                         **kw), {}
+                                         missing_mass=s.missing_mass, **kw), {}
 
     def eval_loss(self, model, inputs: dict, return_outputs: bool):
         """Mean next-token CE of the student over the batch's loss positions; never calls a teacher.

@@ -53,6 +53,20 @@ class DistillationTrainingArguments(TrainingArguments):
         metadata={"help": "Teacher model folder(s) or Hub id(s), e.g. a previous run's output_dir; several = an "
                   "ensemble. None = no-KD baseline through the same loss path."},
     )
+    kd_teacher_cache: str | None = field(
+        default=None,
+        metadata={"help": "Train from a teacher-output cache written by `hf-kd cache-teacher` with this run's flags "
+                  "(docs/cache.md) instead of running the teacher(s): no teacher is loaded. A cache made for another "
+                  "stream (data, seeds, batch geometry, world size, vocabulary, positions, too few steps) is refused "
+                  "before training. --teacher_model_name_or_path is then optional: given, it is checked against the "
+                  "cache's teacher fingerprints."},
+    )
+    kd_teacher_cache_readers: int = field(
+        default=1,
+        metadata={"help": "With --kd_teacher_cache: the number of runs the cache's production cost is amortised over "
+                  "(teacher_cache_gpu_hours = production GPU-hours x share of cached steps read / readers); 1 = "
+                  "charged in full to this run."},
+    )
     teacher_dtype: str = field(
         default="auto",
         metadata={"help": f"dtype the teacher(s) run in: one of {TEACHER_DTYPES}. 'auto' = bfloat16 under --bf16, "
@@ -136,5 +150,10 @@ class DistillationTrainingArguments(TrainingArguments):
             raise _bad("save_total_limit", self.save_total_limit, "a positive integer (unset = keep every checkpoint)")
         if self.clm_chunk_size is not None and self.clm_chunk_size < 0:
             raise _bad("clm_chunk_size", self.clm_chunk_size, "an integer >= 0 (0 = full logits) or None (auto)")
+        if self.kd_teacher_cache_readers < 1:
+            raise _bad("kd_teacher_cache_readers", self.kd_teacher_cache_readers, "an integer >= 1")
+        if self.kd_teacher_cache is not None and self.kd_divergence != "forward_kl":
+            raise _bad("kd_divergence", self.kd_divergence, "forward_kl with --kd_teacher_cache (stored sparse "
+                       "targets give the forward KL only)")
         if isinstance(self.teacher_model_name_or_path, str):
             self.teacher_model_name_or_path = [self.teacher_model_name_or_path]

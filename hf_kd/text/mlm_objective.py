@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..core.losses import IGNORE_INDEX, DistillationLoss, distillation_loss
+from ..core.sparse_kd import SparseTargets, sparse_distillation_loss
 from .objective import LossSettings, MicroBatch, StepCounts, attention, denominator
 from .rows import Rows
 from .sparse_head import SparseHead
@@ -70,10 +71,18 @@ class MLMObjective:
         s_logits, rows = self._logits(model, inputs, None if batch.kd_on and all_kd else masked_rows)
         t_logits = self.teachers.targets(inputs, kd_rows, batch.step) if batch.kd_on else None
         ce_den = denominator(batch.ce_count, masked.sum)
+        kd_den = ce_den if batch.kd_count is None else batch.kd_count
+        if t_logits and isinstance(t_logits[0], SparseTargets):  # stored targets: the sparse KD loss
+            flat_labels = rows.take(labels) if rows is not None else labels
+            kd_index = None if rows is not None else kd_rows.index  # sparse student rows are the KD rows
+            out = sparse_distillation_loss(s_logits, flat_labels, t_logits[0], kd_index, alpha=self.settings.alpha,
+                                           temperature=self.settings.temperature, ce_denominator=ce_den,
+                                           kd_denominator=kd_den, missing_mass=self.settings.missing_mass)
+            return out, {"logits": s_logits}
         out = distillation_loss(
             s_logits, rows.take(labels) if rows is not None else labels, t_logits, kd_mask if rows is None else None,
             alpha=self.settings.alpha, temperature=self.settings.temperature, divergence=self.settings.divergence,
-            ce_denominator=ce_den, kd_denominator=ce_den if batch.kd_count is None else batch.kd_count,
+            ce_denominator=ce_den, kd_denominator=kd_den,
         )
         return out, {"logits": s_logits}
 

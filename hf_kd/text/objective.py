@@ -26,11 +26,12 @@ class LossSettings:
     temperature: float
     divergence: str
     kd_all_positions: bool  # kd_positions == "all"
+    missing_mass: str = "rest"  # stored targets (a teacher cache): hf_kd.core.sparse_kd.sparse_kd_per_row
 
     @classmethod
-    def from_args(cls, args) -> LossSettings:
+    def from_args(cls, args, missing_mass: str = "rest") -> LossSettings:
         return cls(alpha=args.kd_alpha, temperature=args.kd_temperature, divergence=args.kd_divergence,
-                   kd_all_positions=args.kd_positions == "all")
+                   kd_all_positions=args.kd_positions == "all", missing_mass=missing_mass)
 
 
 @dataclass

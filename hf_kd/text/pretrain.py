@@ -10,12 +10,14 @@ from pathlib import Path
 import numpy as np
 from transformers import AutoTokenizer, DataCollatorForLanguageModeling, set_seed
 
+from ..core.cache_format import TeacherCacheError
 from ..core.checkpointing import checkpoint_problem, latest_complete_checkpoint, refuse_nonempty_output_dir
 from ..core.errors import Interrupted
 from ..core.hub import hours_label, take_hub_settings
 from ..core.paths import check_output_dir_creatable
 from ..core.teachers import check_model_reference
 from ..core.trackers import check_trackers
+from .cache_manifest import check_cache_for_run
 from .card import publish_run
 from .config import DistillationTrainingArguments
 from .data import (
@@ -137,7 +139,7 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, args: Di
     else:  # masks drawn from (seed, batch) rather than the global RNG, so a resumed run is bit-identical
         collator = ResumableMLMCollator(tokenizer, mlm_probability=data_args.mlm_probability,
                                         seed=args.data_seed if args.data_seed is not None else args.seed)
-    if args.teacher_model_name_or_path is None and teacher_model is None:
+    if args.teacher_model_name_or_path is None and teacher_model is None and args.kd_teacher_cache is None:
         logger.info("no teacher: this is a no-KD baseline run")
     return DistillationTrainer(model=student, teacher_model=teacher_model, args=args, train_dataset=train,
                                eval_dataset=val, data_collator=collator, processing_class=tokenizer,
@@ -163,7 +165,16 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, args: 
     check_teacher_positions([*given, *(args.teacher_model_name_or_path or ())], data_args.max_seq_length,
                             args.teacher_trust_remote_code)
     hub = take_hub_settings(args)  # we push after training; the Trainer's own push would open the repo now
-    trainer = build_trainer(model_args, data_args, args, teacher_model, callbacks, task)
+    new_folder = not Path(args.output_dir).exists()
+    try:
+        trainer = build_trainer(model_args, data_args, args, teacher_model, callbacks, task)
+        if args.kd_teacher_cache is not None:  # refused here, in one line, before any training
+            check_cache_for_run(model_args, data_args, args, trainer, task)
+    except TeacherCacheError:
+        # The Trainer creates output_dir when built: a refused run leaves no trace (an empty folder we made).
+        if new_folder and Path(args.output_dir).is_dir() and not any(Path(args.output_dir).iterdir()):
+            Path(args.output_dir).rmdir()
+        raise
     try:
         train_result = trainer.train(resume_from_checkpoint=resume)
     except KeyboardInterrupt as e:
@@ -178,6 +189,8 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, args: 
     metrics["kd_stop_step"] = trainer.kd_stop_step if trainer.teacher_names else 0
     metrics["num_teachers"] = len(trainer.teacher_names)
     metrics["teacher_forwards"] = trainer.teacher_forwards
+    if args.kd_teacher_cache is not None:
+        metrics["teacher_cache_gpu_hours"] = trainer.teacher_cache_gpu_hours
     trainer.save_metrics("all", {k: (float(v) if isinstance(v, np.floating) else v) for k, v in metrics.items()})
     # As run_mlm.py: print the final train/eval metrics and keep them in train_results.json / eval_results.json.
     final_eval = {**eval_metrics, "perplexity": metrics["perplexity"]}

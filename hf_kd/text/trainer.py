@@ -53,6 +53,7 @@ from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, Trainer
 
 from ..core.callbacks import CostCallback, PreOptimizerStepHook, TrainBeginHook
 from ..core.checkpointing import StagedCheckpoint, latest_complete_checkpoint
+from ..core.cost import cache_share_gpu_hours
 from ..core.distributed import deepspeed_stage, prepare_teachers
 from ..core.errors import NonFiniteLossError
 from ..core.log_terms import TermWindow
@@ -64,6 +65,7 @@ from ..core.teachers import (
     load_pretrained,
     tokenizer_source,
 )
+from .cached_teachers import CachedTeachers, check_fields, fields_known_to_trainer, open_teacher_cache
 from .clm_objective import CLMObjective
 from .config import DistillationTrainingArguments
 from .mlm_objective import MLMObjective
@@ -142,13 +144,18 @@ class DistillationTrainer(Trainer):
         if args is None or not isinstance(args, DistillationTrainingArguments):
             raise TypeError("DistillationTrainer needs args=DistillationTrainingArguments(...)")
         self.kd_task = resolve_kd_task(model, args.kd_task)  # refuses a model we have no loss for
-        teachers, self.teacher_names = load_teachers(teacher_model, args, self.kd_task)
-        check_teacher_vocab(model, teachers, self.teacher_names)
-        check_teacher_tokenizers(kwargs.get("processing_class"),
-                                 [tokenizer_source(i) for i in teacher_items(teacher_model, args)],
-                                 self.teacher_names, trust_remote_code=args.teacher_trust_remote_code)
-        check_teachers_fit(self.kd_task, teachers, self.teacher_names)
-        if args.kd_teacher_selection == "sample" and not teachers:
+        self.teacher_cache = open_teacher_cache(args, teacher_model)
+        if self.teacher_cache is not None:  # no teacher is loaded: the cache's manifest says which it stores
+            check_fields(self.teacher_cache, fields_known_to_trainer(args, model, self.kd_task))  # before any write
+            teachers, self.teacher_names = [], self.teacher_cache.manifest.teacher_names or [args.kd_teacher_cache]
+        else:
+            teachers, self.teacher_names = load_teachers(teacher_model, args, self.kd_task)
+            check_teacher_vocab(model, teachers, self.teacher_names)
+            check_teacher_tokenizers(kwargs.get("processing_class"),
+                                     [tokenizer_source(i) for i in teacher_items(teacher_model, args)],
+                                     self.teacher_names, trust_remote_code=args.teacher_trust_remote_code)
+            check_teachers_fit(self.kd_task, teachers, self.teacher_names)
+        if args.kd_teacher_selection == "sample" and not self.teacher_names:
             # 'mean' is the default, so 'sample' was asked for explicitly: without a teacher it would be ignored.
             raise ValueError("kd_teacher_selection='sample' needs at least one teacher (--teacher_model_name_or_path); "
                              "expected a teacher, or drop the flag for a no-KD baseline")
@@ -173,13 +180,19 @@ class DistillationTrainer(Trainer):
     def _build_objective(self, teachers: list[torch.nn.Module]) -> Objective:
         """The task's objective, with the live teachers as its source of KD targets."""
         deepspeed = self.is_deepspeed_enabled
-        settings = LossSettings.from_args(self.args)
-        source = LiveTeachers(teachers, [], self.args.kd_teacher_selection, self.args.seed, deepspeed)
+        if self.teacher_cache is not None:
+            source = CachedTeachers(self.teacher_cache, self.accelerator.process_index, self.args.device,
+                                    self.args.kd_teacher_selection, self.args.seed)
+            settings = LossSettings.from_args(self.args, source.missing_mass)
+        else:
+            source = LiveTeachers(teachers, [], self.args.kd_teacher_selection, self.args.seed, deepspeed)
+            settings = LossSettings.from_args(self.args)
         if self.kd_task == "clm":
             sharded = deepspeed and deepspeed_stage(self.accelerator) == 3
             return CLMObjective(self.model, source, settings, self.args.clm_chunk_size, sharded)
         sparse = self.args.sparse_mlm_head
-        source.readers[:] = MLMObjective.teacher_readers(teachers, sparse)
+        if isinstance(source, LiveTeachers):
+            source.readers[:] = MLMObjective.teacher_readers(teachers, sparse)
         return MLMObjective(source, settings, SparseHead.attach(self.model) if sparse else None)
 
     @property
@@ -195,6 +208,15 @@ class DistillationTrainer(Trainer):
     def teacher_calls(self) -> list[tuple[int, int]]:
         """The most recent (global_step, teacher index) pairs, one per teacher forward (bounded: audits, tests)."""
         return list(self.objective.teachers.calls)
+
+    @property
+    def teacher_cache_gpu_hours(self) -> float:
+        """This run's share of the teacher cache's production pass so far (0 without a cache; ``docs/design.md``)."""
+        if self.teacher_cache is None or self.args.kd_alpha == 0:
+            return 0.0
+        m = self.teacher_cache.manifest
+        read = min(self.state.global_step, self.kd_stop_step)
+        return cache_share_gpu_hours(m.device_hours, m.steps, read, self.args.kd_teacher_cache_readers)
 
     @property
     def teacher_forwards(self) -> int:
@@ -215,6 +237,8 @@ class DistillationTrainer(Trainer):
         """At train begin (a resumed run's step is known): place the teachers on the training device if a step
         still needs them, else free them without ever placing them (a run resumed past the KD stop)."""
         source = self.objective.teachers
+        if self.teacher_cache is not None and self.args.kd_alpha > 0:  # max_steps is known now, epochs too
+            check_fields(self.teacher_cache, {}, self.kd_stop_step)
         if source.released or not source.modules:
             return
         if not self.kd_active(state.global_step):
@@ -364,6 +388,8 @@ class DistillationTrainer(Trainer):
             calls = self.objective.teachers.calls
             if self.args.kd_teacher_selection == "sample" and calls and calls[-1][0] == self.state.global_step - 1:
                 logs["kd_teacher"] = calls[-1][1]  # the teacher of the step just done (audits)
+            if self.teacher_cache is not None:
+                logs["teacher_cache_gpu_hours"] = self.teacher_cache_gpu_hours
         super().log(logs, start_time)
 
 
