@@ -38,8 +38,11 @@ def argv(env, task, out, *extra, max_steps=4, teacher=True):
     model = ("--model_preset", "tiny") + (("--block_size", "32") if task == "clm" else ())
     t = ("--teacher_model_name_or_path", str(env.inputs / f"teacher-{task}")) if teacher else ()
     # A fixed tokenizer: a tokenizer trained on other data would be refused first (tokenizer_hash), not data_hash.
-    return script_args(env, out, *model, "--tokenizer_name", str(env.tokenizer), "--seed", "3", "--kd_alpha", "0.5", "--kd_temperature", "2",
-                       "--logging_steps", "1", *t, *extra, max_steps=max_steps)
+    # SGD: the update is lr x gradient, so the weights compare the two loss paths' gradients; Adam would turn
+    # float-rounding differences in near-zero gradient entries into steps of up to lr (3e-6 at the preset's lr).
+    return script_args(env, out, *model, "--tokenizer_name", str(env.tokenizer), "--seed", "3", "--kd_alpha", "0.5",
+                       "--kd_temperature", "2", "--optim", "sgd", "--logging_steps", "1", *t, *extra,
+                       max_steps=max_steps)
 
 
 def produce(env, task, folder, *extra, max_steps=4):
