@@ -20,44 +20,46 @@ from ..core.errors import UserError
 from ..core.uncertainty import RULE, format_per_seed, format_spread, speedup_spread, spread_of, verdict
 from .calibrate import calibrated_cost
 from .findings import findings, verdict_axis
+from .protocol import Calibration, RunRecord
 
 logger = logging.getLogger(__name__)
 AXES = {"gpu_hours": "GPU-hours (measured)", "calibrated": "calibrated cost (baseline steps)", "step": "steps"}
 # What "quality" means per task: the headline key, its direction, and a secondary key shown in the table.
 METRICS = {
-    "text": {"key": "eval_loss", "higher_is_better": False, "label": "held-out MLM loss", "secondary": "eval_accuracy",
+    "mlm": {"key": "eval_loss", "higher_is_better": False, "label": "held-out MLM loss", "secondary": "eval_accuracy",
              "secondary_label": "masked acc.", "unigram_of": "masked tokens'"},
     "clm": {"key": "eval_loss", "higher_is_better": False, "label": "held-out next-token loss",
             "secondary": "eval_accuracy", "secondary_label": "next-token acc.", "unigram_of": "next tokens'"},
     "vision": {"key": "top1", "higher_is_better": True, "label": "top-1 accuracy", "secondary": "top5",
                "secondary_label": "top-5"},
 }
-TEXT = METRICS["text"]
+TEXT = METRICS["mlm"]
 
 
-def _curve(run: dict, cost: str, metric: dict, calibration: dict | None = None) -> Curve:
+def _curve(run: RunRecord, cost: str, metric: dict, calibration: Calibration | None = None) -> Curve:
     key = "step" if cost == "calibrated" else cost
-    c = curve_from_log_history(run["variant"], run["log_history"], metric["key"], key, metric["higher_is_better"])
+    c = curve_from_log_history(run.variant, run.log_history, metric["key"], key, metric["higher_is_better"])
     if cost == "calibrated":
         c = Curve(c.name, [calibrated_cost(run, s, calibration) for s in c.cost], c.quality, c.higher_is_better)
     return c
 
 
-def _final(run: dict, key: str) -> float | None:
-    vals = [e[key] for e in run["log_history"] if key in e]
+def _final(run: RunRecord, key: str) -> float | None:
+    vals = [e[key] for e in run.log_history if key in e]
     return vals[-1] if vals else None
 
 
-def axes_of(calibration: dict | None) -> list[str]:
+def axes_of(calibration: Calibration | None) -> list[str]:
     return [a for a in AXES if a != "calibrated" or calibration]
 
 
-def _seed_entry(r: dict, base: dict, frontier: list[dict], metric: dict, calibration: dict | None) -> dict:
+def _seed_entry(r: RunRecord, base: RunRecord, frontier: list[RunRecord], metric: dict,
+                calibration: Calibration | None) -> dict:
     entry = {"final_quality": _final(r, metric["key"]), "final_secondary": _final(r, metric["secondary"]),
-             "gpu_hours": _curve(r, "gpu_hours", metric).final_cost, "steps": r["steps"],
-             "teacher_forwards": r["teacher_forwards"]}
+             "gpu_hours": _curve(r, "gpu_hours", metric).final_cost, "steps": r.steps,
+             "teacher_forwards": r.teacher_forwards}
     if calibration:
-        entry["calibrated_cost"] = calibrated_cost(r, r["steps"], calibration)
+        entry["calibrated_cost"] = calibrated_cost(r, r.steps, calibration)
     for axis in axes_of(calibration):
         curve = _curve(r, axis, metric, calibration)
         # The baseline's paper-style speed-up is 1.00x by definition (its own target); computing it can give
@@ -69,17 +71,17 @@ def _seed_entry(r: dict, base: dict, frontier: list[dict], metric: dict, calibra
     return entry
 
 
-def speedups(runs: list[dict], metric: dict = TEXT, calibration: dict | None = None) -> dict[str, dict]:
+def speedups(runs: list[RunRecord], metric: dict = TEXT, calibration: Calibration | None = None) -> dict[str, dict]:
     """Per variant: per-seed speed-ups (seed i vs seed i), their spreads and verdicts, and final qualities."""
-    by_seed: dict[int, dict[str, dict]] = {}
+    by_seed: dict[int, dict[str, RunRecord]] = {}
     for r in runs:
-        by_seed.setdefault(r["seed"], {})[r["variant"]] = r
+        by_seed.setdefault(r.seed, {})[r.variant] = r
     table: dict[str, dict] = {}
     for seed, rs in sorted(by_seed.items()):
         base = rs["baseline"]
-        frontier = [r for r in rs.values() if r["role"] == "frontier"] + [base]
+        frontier = [r for r in rs.values() if r.role == "frontier"] + [base]
         for name, r in rs.items():
-            row = table.setdefault(name, {"role": r["role"], "per_seed": []})
+            row = table.setdefault(name, {"role": r.role, "per_seed": []})
             row["per_seed"].append({"seed": seed, **_seed_entry(r, base, frontier, metric, calibration)})
     for row in table.values():
         for k in row["per_seed"][0]:
@@ -100,7 +102,7 @@ def _fmt(stat: dict, speed: bool = False, digits: int = 3) -> str:
     return f"{stat['mean']:.{digits}g}" + (f" ± {stat['std']:.2g}" if stat["n"] > 1 else "")
 
 
-def markdown_table(table: dict[str, dict], metric: dict = TEXT, calibration: dict | None = None,
+def markdown_table(table: dict[str, dict], metric: dict = TEXT, calibration: Calibration | None = None,
                    regime: dict | None = None) -> str:
     axes = axes_of(calibration)
     unigram = (regime or {}).get("unigram_entropy")
@@ -124,7 +126,7 @@ def markdown_table(table: dict[str, dict], metric: dict = TEXT, calibration: dic
     return "\n".join(lines)
 
 
-def per_seed_lines(table: dict[str, dict], calibration: dict | None) -> str:
+def per_seed_lines(table: dict[str, dict], calibration: Calibration | None) -> str:
     axis = verdict_axis(calibration)
     return "\n".join(f"- {name}: {format_per_seed(r[f'frontier_speedup_{axis}'])} ({r['verdict_reason']})"
                      for name, r in table.items() if r["role"] == "student" and name != "baseline")
@@ -141,20 +143,29 @@ def reference_levels(results: dict, metric: dict) -> dict[str, float]:
     return levels
 
 
-def plots(results: dict, out: Path, metric: dict = TEXT) -> list[str]:
-    runs, calibration = results["runs"], results.get("calibration")
-    seed0 = [r for r in runs if r["seed"] == min(x["seed"] for x in runs)]
-    base = next(r for r in seed0 if r["variant"] == "baseline")
+def plots(runs: list[RunRecord], calibration: Calibration | None, results: dict, out: Path,
+          metric: dict = TEXT) -> list[str]:
+    seed0 = [r for r in runs if r.seed == min(x.seed for x in runs)]
+    base = next(r for r in seed0 if r.variant == "baseline")
     levels = reference_levels(results, metric)
     paths = []
     for cost in axes_of(calibration):
         p = plot_curves([_curve(r, cost, metric, calibration) for r in seed0], out / f"quality_vs_{cost}.png",
                         xlabel=AXES[cost],
                         ylabel=f"{metric['label']} ({'higher' if metric['higher_is_better'] else 'lower'} is better)",
-                        title=f"{metric['label']} vs {AXES[cost]}, seed {base['seed']}",
+                        title=f"{metric['label']} vs {AXES[cost]}, seed {base.seed}",
                         baseline="baseline", target=_final(base, metric["key"]), hlines=levels)
         paths.append(str(p))
     return paths
+
+
+def load_results(out: Path) -> dict:
+    """A finished folder's results.json; its ``task`` (``mlm``, ``clm``, ``vision``) says how to read it."""
+    results = json.loads((out / "results.json").read_text())
+    if results.get("task") not in METRICS:
+        raise UserError(f"{out / 'results.json'} names task {results.get('task')!r}: expected one of "
+                        f"{', '.join(METRICS)} (add \"task\" to a file written before results.json named it)")
+    return results
 
 
 def rerender(output_dir: str | Path, check: bool = False) -> dict:
@@ -164,9 +175,8 @@ def rerender(output_dir: str | Path, check: bool = False) -> dict:
     Older results.json files without logs are read from each run's own folder.
     """
     out = Path(output_dir)
-    results = json.loads((out / "results.json").read_text())
-    label = results.get("metric", {}).get("label")
-    task = next((t for t, m in METRICS.items() if m["label"] == label), "text")
+    results = load_results(out)
+    task = results["task"]
     for r in results["runs"]:
         if "log_history" in r:
             continue
@@ -178,8 +188,8 @@ def rerender(output_dir: str | Path, check: bool = False) -> dict:
         else:
             r["log_history"] = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x]
     if not check:
-        return write_report(results, out, task)
-    fresh = write_report(results, out, task, write=False)["markdown"].splitlines()
+        return write_report(results, out)
+    fresh = write_report(results, out, write=False)["markdown"].splitlines()
     old = (out / "results.md").read_text().splitlines()
     diff = [(i, a, b) for i, (a, b) in enumerate(zip(old, fresh), start=1) if a != b]
     if diff or len(old) != len(fresh):
@@ -208,22 +218,24 @@ def _regime_lines(results: dict, table: dict, metric: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(results: dict, out: Path, task: str = "text", write: bool = True) -> dict:
-    """Add speed-ups and findings to ``results``; write results.json (with every run's log), results.md, PNGs."""
-    metric = METRICS[task]
+def write_report(results: dict, out: Path, write: bool = True) -> dict:
+    """Add speed-ups and findings to ``results`` (its ``task`` picks the metric); write results.json (with every
+    run's log), results.md, PNGs."""
+    metric = METRICS[results["task"]]
     results["metric"] = dict(metric)
-    calibration = results.get("calibration")
-    table = speedups(results["runs"], metric, calibration)
+    calibration = Calibration.from_dict(results.get("calibration"))
+    runs = [RunRecord.from_dict(r) for r in results["runs"]]
+    table = speedups(runs, metric, calibration)
     results["summary"] = table
     results["findings"] = findings(table, metric, calibration)
-    results["plots"] = plots(results, out, metric) if write else []
+    results["plots"] = plots(runs, calibration, results, out, metric) if write else []
     axis = verdict_axis(calibration)
     verdicts = "\n".join(f"- {f['verdict']}: {f['finding']} — {f['evidence']}" for f in results["findings"])
     cal = ""
     if calibration:
-        rel = ", ".join(f"{k} {v:.2f}" for k, v in calibration["relative"].items())
+        rel = ", ".join(f"{k} {v:.2f}" for k, v in calibration.relative.items())
         cal = (f"Calibrated cost: steps x per-step cost of the step kind, measured interleaved in one process "
-               f"({calibration['rounds']} rounds, {calibration['threads']} thread(s)); relative to a baseline step: "
+               f"({calibration.rounds} rounds, {calibration.threads} thread(s)); relative to a baseline step: "
                f"{rel}.\n\n")
     md = (f"# hf-kd reproduce ({results['corpus']})\n\n{_regime_lines(results, table, metric)}\n\n"
           f"Seeds: {sorted({r['seed'] for r in results['runs']})}. Cells: mean ± sd over seeds; speed-ups: geometric mean ×/÷ geometric sd [90% interval on log speed-ups].\n\n"

@@ -1,10 +1,13 @@
 """hf-kd reproduce verdicts: the interval rule, findings drawn only among winners, the baseline's 1.00x, calibration."""
 
+from dataclasses import replace
+
 import pytest
 
 from hf_kd.core.uncertainty import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, paired_ratio, verdict
 from hf_kd.reproduce.calibrate import calibrated_cost, kinds_for
 from hf_kd.reproduce.findings import findings
+from hf_kd.reproduce.protocol import Calibration, RunRecord, Variant
 from hf_kd.reproduce.report import TEXT, markdown_table, speedups
 
 
@@ -14,9 +17,9 @@ def _run(variant, losses, hours_per_step=1.0, steps_per_eval=10, role="student",
         step = i * steps_per_eval
         log.append({"loss": loss, "gpu_hours": step * hours_per_step, "step": step})
         log.append({"eval_loss": loss, "eval_accuracy": 1 / loss, "gpu_hours": step * hours_per_step, "step": step})
-    return {"variant": variant, "role": role, "seed": seed, "steps": len(losses) * steps_per_eval,
-            "teacher_forwards": 0, "teachers": list(teachers), "kd_stop_ratio": stop, "selection": "mean",
-            "log_history": log}
+    return RunRecord(variant=variant, role=role, seed=seed, steps=len(losses) * steps_per_eval, run_dir="",
+                     teachers=list(teachers), kd_stop_ratio=stop, selection="mean", teacher_forwards=0,
+                     log_history=log)
 
 
 def _frontier(seed, shift=0.0):
@@ -87,21 +90,23 @@ def test_baseline_paper_speedup_is_one_by_definition():
 
 # -- the calibrated cost axis -------------------------------------------------------------------------
 def test_calibrated_cost_charges_each_step_kind():
-    cal = {"relative": {"base": 1.0, "kd1": 1.4, "kd3": 2.2, "post": 1.0}}
-    base = {"teachers": [], "steps": 100}
-    kd = {"teachers": ["good"], "steps": 100, "kd_stop_ratio": None, "selection": "mean"}
-    stop = {"teachers": ["good"], "steps": 100, "kd_stop_ratio": 0.25, "selection": "mean"}
-    ens = {"teachers": ["a", "b", "c"], "steps": 100, "kd_stop_ratio": None, "selection": "mean"}
-    sample = dict(ens, selection="sample")
+    cal = Calibration(relative={"base": 1.0, "kd1": 1.4, "kd3": 2.2, "post": 1.0})
+    base = _run("baseline", [5.0] * 10)
+    kd = _run("kd_full", [5.0] * 10, teachers=("good",))
+    stop = _run("kd_stop25", [5.0] * 10, teachers=("good",), stop=0.25)
+    ens = _run("ensemble_mean", [5.0] * 10, teachers=("a", "b", "c"))
+    sample = replace(ens, selection="sample")
     assert calibrated_cost(base, 100, cal) == 100
     assert calibrated_cost(kd, 50, cal) == pytest.approx(70)
     assert calibrated_cost(stop, 100, cal) == pytest.approx(25 * 1.4 + 75)
     assert calibrated_cost(ens, 10, cal) == pytest.approx(22) and calibrated_cost(sample, 10, cal) == pytest.approx(14)
-    assert kinds_for([base, stop, ens, sample]) == ["base", "kd1", "kd3", "post"]
+    vs = [Variant("baseline"), Variant("kd_stop25", ("good",), 0.25), Variant("ensemble_mean", ("a", "b", "c")),
+          Variant("ensemble_sample", ("a", "b", "c"), selection="sample")]
+    assert kinds_for(vs) == ["base", "kd1", "kd3", "post"]
 
 
 def test_verdicts_use_the_calibrated_axis():
-    cal = {"relative": {"base": 1.0, "kd1": 2.0, "post": 1.0}}  # a KD step costs two baseline steps
+    cal = Calibration(relative={"base": 1.0, "kd1": 2.0, "post": 1.0})  # a KD step costs two baseline steps
     t = speedups(_grid(4.8, 4.8), calibration=cal)
     # 1.5x in steps, but 60 / (40 * 2) = 0.75x once KD steps are charged what they cost
     assert t["kd_full"]["frontier_speedup_calibrated"]["mean"] == pytest.approx(0.75, rel=1e-3)
