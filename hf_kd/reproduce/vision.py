@@ -79,16 +79,22 @@ class VisionBackend:
         resume = "latest" if save_every and self.has_checkpoint(out) else None
         run = VisionRun(VisionModelArguments(model=self.preset.model, teacher_checkpoint=list(teacher_dirs)),
                         VisionDataArguments(), self._args(out, steps, seed, v, save_every, resume))
-        calls = [0]
+        # Forwards before a resumed run's checkpoint were made by another process: one per teacher run per
+        # micro-batch of every KD step (all teachers with ``mean``, one with ``sample``).
+        per_step = (len(teacher_dirs) if not v or v.selection == "mean" else min(1, len(teacher_dirs)))
+        calls = [min(run.state.step, run.stop_step) * per_step * run.args.gradient_accumulation_steps if resume else 0]
         for t in run.kd_step.teachers:
             t.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+        self.watch(run)
         try:
             run.train()
         finally:
             _reset_accelerate()
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        # teacher forwards of this process only: a resumed run counts those after its checkpoint
         return RunOutcome(calls[0], rows)
+
+    def watch(self, run: VisionRun) -> None:
+        """Called with each run before it trains (a seam for tests that follow or stop a run)."""
 
     def train(self, job: Job, teachers: list[str], save_every: int | None, progress: bool) -> RunOutcome:
         return self._train(Path(job.run_dir), job.steps, job.seed, teachers, job.variant, save_every)

@@ -104,19 +104,36 @@ class TextData:
     val: Split
 
 
-def prepare_text_data(model_args: ModelArguments, data_args: DataArguments,
-                      args: DistillationTrainingArguments) -> TextData:
-    """Raw splits -> tokenizer (the teacher's, the named one, or one trained here) -> fixed-length chunks."""
-    train_raw, val_raw = load_raw_splits(data_args)
+def _tokenizer(model_args: ModelArguments, data_args: DataArguments, args: DistillationTrainingArguments, train_raw):
+    """The teacher's tokenizer (KD needs its ids), the named one, or one trained here on the training text."""
     tokenizer = teacher_tokenizer_for_student(model_args, args.teacher_model_name_or_path, args.teacher_trust_remote_code)
-    if tokenizer is None:
-        tokenizer = load_tokenizer(model_args, train_raw, data_args.text_column_name)
+    return tokenizer if tokenizer is not None else load_tokenizer(model_args, train_raw, data_args.text_column_name)
+
+
+def _tokenize(data_args: DataArguments, args: DistillationTrainingArguments, tokenizer, train_raw, val_raw) -> TextData:
     col, n = data_args.text_column_name, data_args.preprocessing_num_workers
     with args.main_process_first(desc="tokenizing"):
         train = cap(tokenize_and_chunk(train_raw, tokenizer, col, data_args.max_seq_length, n), data_args.max_train_samples)
         val = cap(tokenize_and_chunk(val_raw, tokenizer, col, data_args.max_seq_length, n, what="validation data"),
                   data_args.max_eval_samples)
     return TextData(tokenizer, train, val)
+
+
+def prepare_text_data(model_args: ModelArguments, data_args: DataArguments,
+                      args: DistillationTrainingArguments) -> TextData:
+    """Raw splits -> tokenizer (the teacher's, the named one, or one trained here) -> fixed-length chunks."""
+    train_raw, val_raw = load_raw_splits(data_args)
+    return _tokenize(data_args, args, _tokenizer(model_args, data_args, args, train_raw), train_raw, val_raw)
+
+
+def new_student(model_args: ModelArguments, data_args: DataArguments, args: DistillationTrainingArguments,
+                tokenizer, task: str = "mlm"):
+    """A student initialised from ``args.seed``, checked against the sequence length and the vocabulary."""
+    set_seed(args.seed)  # the Trainer seeds only once built: a from-scratch student must not get random init
+    student = build_student(model_args, tokenizer, allow_pickle=args.allow_pickle_weights, task=task)
+    check_seq_length(student, data_args.max_seq_length)
+    check_vocab_fits(student, tokenizer)
+    return student
 
 
 def text_collator(task: str, tokenizer, data_args: DataArguments, args: DistillationTrainingArguments):
@@ -135,13 +152,10 @@ def trainer_for_data(model_args: ModelArguments, data_args: DataArguments, args:
 
     Separate from :func:`build_trainer` so that many runs on one corpus (``hf-kd reproduce``) tokenize it once
     and still build everything else exactly as the scripts do. ``student``: an already-built one instead (the
-    reproduce calibration times copies of one student).
+    reproduce calibration times copies of one student; :func:`build_trainer` builds it before tokenizing).
     """
     if student is None:
-        set_seed(args.seed)  # the Trainer seeds only once built: a from-scratch student must not get random init
-        student = build_student(model_args, data.tokenizer, allow_pickle=args.allow_pickle_weights, task=task)
-    check_seq_length(student, data_args.max_seq_length)
-    check_vocab_fits(student, data.tokenizer)
+        student = new_student(model_args, data_args, args, data.tokenizer, task)
     if args.teacher_model_name_or_path is None and teacher_model is None:
         logger.info("no teacher: this is a no-KD baseline run")
     return DistillationTrainer(model=student, teacher_model=teacher_model, args=args, train_dataset=data.train,
@@ -158,8 +172,11 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, args: Di
     ``task``: ``"mlm"`` (BERT-style student, resumable random masking) or ``"clm"`` (GPT/Llama-style student,
     next-token labels; no randomness in the collator, so resume is exact too).
     """
-    data = prepare_text_data(model_args, data_args, args)
-    return trainer_for_data(model_args, data_args, args, data, teacher_model, callbacks, task)
+    train_raw, val_raw = load_raw_splits(data_args)
+    tokenizer = _tokenizer(model_args, data_args, args, train_raw)
+    student = new_student(model_args, data_args, args, tokenizer, task)  # a misfit fails before tokenizing
+    data = _tokenize(data_args, args, tokenizer, train_raw, val_raw)
+    return trainer_for_data(model_args, data_args, args, data, teacher_model, callbacks, task, student=student)
 
 
 def run_pretraining(model_args: ModelArguments, data_args: DataArguments, args: DistillationTrainingArguments,

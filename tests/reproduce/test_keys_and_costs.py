@@ -8,6 +8,8 @@ from pathlib import Path
 import transformers
 
 from hf_kd.reproduce.corpus import data_fingerprint
+from hf_kd.reproduce.jobs import Context, to_train
+from hf_kd.reproduce.protocol import plan_jobs, select_variants
 from hf_kd.reproduce.run import run_protocol
 from hf_kd.text.models import preset_config
 from hf_kd.text.script_args import DataArguments
@@ -24,6 +26,11 @@ def _same_start_other_end(corpus: str, tmp_path: Path, keep: int = 60) -> str:
     return str(other)
 
 
+def _to_train(backend, jobs) -> list[str]:
+    teachers = {j.name: backend.peek_teacher(j.name) for j in jobs if j.variant is None}
+    return sorted(j.name for j in to_train(jobs, Context(backend), {n: t for n, t in teachers.items() if t}))
+
+
 def test_corpora_equal_in_their_first_lines_share_no_run_and_no_teacher(tmp_path, monkeypatch):
     first = write_tiny_corpus(tmp_path, monkeypatch)
     second = _same_start_other_end(first, tmp_path)
@@ -34,6 +41,9 @@ def test_corpora_equal_in_their_first_lines_share_no_run_and_no_teacher(tmp_path
     assert a.key != b.key and a.teacher_folder("good") != b.teacher_folder("good")
     out = str(tmp_path / "out")
     run_protocol(a, out, seeds=1, only=["kd_full"], calibrate=False)
+    jobs = plan_jobs(a.preset, select_variants(a.preset.frontier, ["kd_full"], False), 1, Path(out))
+    # the plan counts runs by key, not by the presence of run_result.json
+    assert _to_train(a, jobs) == [] and _to_train(b, jobs) == ["baseline", "baseline_0.5x", "kd_full"]
     res = run_protocol(b, out, seeds=1, only=["kd_full"], calibrate=False)
     assert b.trained[0].startswith("good-") and b.trained[1:] == ["baseline-seed0", "baseline_0.5x-seed0",
                                                                   "kd_full-seed0"]  # nothing reused

@@ -142,3 +142,44 @@ def test_seeds_give_mean_and_spread():
     ps = t["kd_full"]["paper_speedup_step"]
     assert (ps["mean"], ps["std"], ps["n"], ps["values"]) == (pytest.approx(2**0.5), pytest.approx(math.log(2) / 2**0.5),
                                                               2, [2.0, 1.0])
+
+
+@pytest.mark.slow
+def test_vision_run_interrupted_after_a_checkpoint_resumes_to_the_same_end(tmp_path, monkeypatch,
+                                                                          fresh_accelerate_state):
+    from hf_kd.reproduce.presets import VisionPreset
+    from hf_kd.reproduce.vision import VisionBackend
+
+    class Stopping(VisionBackend):
+        """Ctrl-C in the kd_full run's third training step (after its step-2 checkpoint), once."""
+
+        stopped = False
+        starts: list[int] = []  # the step each kd_full run starts from
+
+        def watch(self, run):
+            if "kd_full" in run.args.output_dir:
+                Stopping.starts.append(run.state.step)
+            if "kd_full" in run.args.output_dir and not Stopping.stopped:
+                calls = []
+
+                def stop(module, *_):
+                    calls.append(module.training)  # training forwards: one per step (evaluations run in eval mode)
+                    if module.training and sum(calls) == 3:
+                        Stopping.stopped = True
+                        raise KeyboardInterrupt
+
+                run.model.register_forward_hook(stop)
+
+    monkeypatch.setenv("HF_KD_CACHE", str(tmp_path / "cache"))
+    p = VisionPreset(steps=4, eval_every=1, batch_size=16, good_teacher_steps=2, frontier=(0.5,))
+    whole = run_protocol(VisionBackend(p), str(tmp_path / "whole"), only=["kd_full"], calibrate=False)
+    with pytest.raises(KeyboardInterrupt):
+        run_protocol(Stopping(p), str(tmp_path / "stopped"), only=["kd_full"], calibrate=False)
+    run_dir = tmp_path / "stopped" / "runs" / "kd_full-seed0"
+    assert (run_dir / "checkpoint-2").is_dir() and not (run_dir / "run_result.json").exists()
+    resumed = run_protocol(Stopping(p), str(tmp_path / "stopped"), only=["kd_full"], calibrate=False)
+    a, b = ({r["variant"]: r for r in res["runs"]}["kd_full"] for res in (whole, resumed))
+    assert [(e["step"], e["top1"], e["eval_loss"]) for e in a["log_history"]] == \
+        [(e["step"], e["top1"], e["eval_loss"]) for e in b["log_history"]]
+    assert a["teacher_forwards"] == b["teacher_forwards"] == 4
+    assert Stopping.starts == [0, 2]  # the rerun resumed from the step-2 checkpoint
