@@ -171,7 +171,7 @@ def test_checker_catches_a_cycle_through_an_import_inside_a_function(tmp_path):
 
 
 # The protocol side of hf-kd reproduce talks to a task only through protocol.TaskBackend.
-TASK_INDEPENDENT = ("protocol", "run", "jobs", "calibrate", "report", "findings", "study", "presets")
+TASK_INDEPENDENT = ("protocol", "run", "jobs", "calibrate", "table", "report", "findings", "study", "presets")
 TASK_MODULES = ("hf_kd.text", "hf_kd.vision", "hf_kd.reproduce.text", "hf_kd.reproduce.vision",
                 "hf_kd.reproduce.corpus")
 

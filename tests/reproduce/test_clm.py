@@ -100,7 +100,7 @@ def test_clm_report_shares_the_mlm_speedups_and_verdicts(tmp_path):
     clm = write_report(json.loads(json.dumps({**results, "task": "clm"})), tmp_path, write=False)
     mlm = write_report(json.loads(json.dumps({**results, "task": "mlm"})), tmp_path, write=False)
     table = speedups([RunRecord.from_dict(r) for r in runs], METRICS["clm"])
-    assert clm["summary"] == mlm["summary"] == table
+    assert clm["summary"] == mlm["summary"] == {n: row.to_dict() for n, row in table.items()}
     assert clm["findings"] == mlm["findings"] == findings(table, METRICS["clm"])
     assert clm["findings"][0]["verdict"] == "REPRODUCED"  # 1.5x in every seed
     assert "held-out next-token loss" in clm["markdown"] and "held-out MLM loss" in mlm["markdown"]

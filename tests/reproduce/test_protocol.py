@@ -39,18 +39,18 @@ def test_speedups_and_findings_on_synthetic_runs():
     ]
     t = speedups(runs)
     # paper-style in steps: baseline needs 40 steps for 5.0, kd_full stays <= 5.0 from step 20
-    assert t["kd_full"]["paper_speedup_step"]["mean"] == pytest.approx(2.0)
-    assert t["kd_full"]["paper_speedup_gpu_hours"]["mean"] == pytest.approx(40 / 30)
-    assert t["kd_poor_teacher"]["paper_speedup_step"]["mean"] is None  # not reached
+    assert t["kd_full"].paper["step"]["mean"] == pytest.approx(2.0)
+    assert t["kd_full"].paper["gpu_hours"]["mean"] == pytest.approx(40 / 30)
+    assert t["kd_poor_teacher"].paper["step"]["mean"] is None  # not reached
     # frontier in steps: (20, 5.4), (40, 5.0), (80, 4.6); kd_full's final 4.8 needs 60 steps / 60 GPU-h there
-    assert t["kd_full"]["frontier_speedup_step"]["mean"] == pytest.approx(60 / 40)
-    assert t["kd_full"]["frontier_speedup_gpu_hours"]["mean"] == pytest.approx(60 / 60)
-    assert t["kd_stop50"]["frontier_speedup_gpu_hours"]["mean"] == pytest.approx(70 / 50)
+    assert t["kd_full"].frontier["step"]["mean"] == pytest.approx(60 / 40)
+    assert t["kd_full"].frontier["gpu_hours"]["mean"] == pytest.approx(60 / 60)
+    assert t["kd_stop50"].frontier["gpu_hours"]["mean"] == pytest.approx(70 / 50)
     # poor teacher final 5.2 -> frontier cost 20 + (5.2-5.4)/(5.0-5.4)*20 = 30 steps, run used 40
-    assert t["kd_poor_teacher"]["frontier_speedup_step"]["mean"] == pytest.approx(30 / 40)
+    assert t["kd_poor_teacher"].frontier["step"]["mean"] == pytest.approx(30 / 40)
     f = {x["finding"].split()[0]: x for x in findings(t, TEXT)}
     assert all(x["verdict"] in ("inconclusive", "not drawn") for x in f.values())  # one seed never decides
-    assert "1 seed" in t["kd_stop50"]["verdict_reason"]
+    assert "1 seed" in t["kd_stop50"].verdict_reason
 
 
 @pytest.mark.slow
@@ -124,7 +124,7 @@ def test_vision_reproduce_prints_calibrated_cost_verdicts_and_reuses_finished_ru
     header = next(line for line in out.splitlines() if line.startswith("| variant |"))
     assert "| calibrated cost |" in header and "frontier (calibrated cost)" in header
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert saved["calibration"]["kinds"] == ["base", "kd1", "post"] and saved["calibration"]["relative"]["kd1"] > 1
+    assert saved["calibration"]["kinds"] == ["base", "kd1", "post"] == sorted(saved["calibration"]["relative"])
     # the good teacher is a resnet18 like the students: the calibration timed one of that size
     assert saved["calibration"]["teacher_parameters"]["kd1"] > 1e6
     result = tmp_path / "out" / "runs" / "kd_stop50-seed0" / "run_result.json"
@@ -139,7 +139,7 @@ def test_seeds_give_mean_and_spread():
     t = speedups(runs)
     # seed 0 stays <= 5.0 from step 10 (2.0x), seed 1 from step 20 (1.0x): speed-ups are summarised in log space,
     # geometric mean sqrt(2 * 1) and the sample sd of (ln 2, ln 1)
-    ps = t["kd_full"]["paper_speedup_step"]
+    ps = t["kd_full"].paper["step"]
     assert (ps["mean"], ps["std"], ps["n"], ps["values"]) == (pytest.approx(2**0.5), pytest.approx(math.log(2) / 2**0.5),
                                                               2, [2.0, 1.0])
 

@@ -44,8 +44,8 @@ def _grid(kd_full_final, kd_stop_final, seeds=3, jitter=0.01):
 def test_kd_wins_and_early_stop_comparison_is_drawn():
     # frontier (20, 5.4) (40, 5.0) (80, 4.6): final 4.8 needs 60 steps (1.5x), 4.7 needs 70 steps (1.75x)
     t = speedups(_grid(4.8, 4.7))
-    assert t["kd_full"]["frontier_speedup_step"]["mean"] == pytest.approx(1.5, rel=1e-3)  # geometric mean of the jittered seeds
-    assert t["kd_full"]["verdict"] == REPRODUCED and t["kd_stop50"]["verdict"] == REPRODUCED
+    assert t["kd_full"].frontier["step"]["mean"] == pytest.approx(1.5, rel=1e-3)  # geometric mean of the jittered seeds
+    assert t["kd_full"].verdict == REPRODUCED and t["kd_stop50"].verdict == REPRODUCED
     f = {x["finding"].split()[0]: x for x in findings(t, TEXT)}
     assert f["KD"]["verdict"] == REPRODUCED
     assert f["Stopping"]["verdict"] == REPRODUCED, f["Stopping"]["evidence"]
@@ -53,7 +53,7 @@ def test_kd_wins_and_early_stop_comparison_is_drawn():
 
 def test_no_variant_beats_the_baseline_so_no_comparison():
     t = speedups(_grid(5.2, 5.1))  # both end worse than the 1x baseline (5.0): speed-ups < 1
-    assert t["kd_full"]["verdict"] == NOT_REPRODUCED
+    assert t["kd_full"].verdict == NOT_REPRODUCED
     f = {x["finding"].split()[0]: x for x in findings(t, TEXT)}
     assert f["KD"]["verdict"] == NOT_REPRODUCED
     assert f["Stopping"]["verdict"] == "not drawn"
@@ -62,20 +62,20 @@ def test_no_variant_beats_the_baseline_so_no_comparison():
 
 def test_noisy_seeds_are_inconclusive():
     t = speedups(_grid(4.95, 4.95, jitter=0.2))  # per seed 5.15 / 4.95 / 4.75: slower, faster, faster
-    assert t["kd_full"]["verdict"] == INCONCLUSIVE
+    assert t["kd_full"].verdict == INCONCLUSIVE
     f = {x["finding"].split()[0]: x for x in findings(t, TEXT)}
     assert f["KD"]["verdict"] == INCONCLUSIVE and f["Stopping"]["verdict"] == "not drawn"
 
 
 def test_one_seed_is_always_inconclusive():
     t = speedups(_grid(4.7, 4.6, seeds=1))
-    assert t["kd_full"]["frontier_speedup_step"]["mean"] > 1.5
-    assert t["kd_full"]["verdict"] == INCONCLUSIVE and t["kd_full"]["verdict_reason"] == "1 seed"
+    assert t["kd_full"].frontier["step"]["mean"] > 1.5
+    assert t["kd_full"].verdict == INCONCLUSIVE and t["kd_full"].verdict_reason == "1 seed"
 
 
 def test_beyond_the_frontier_is_a_lower_bound():
     t = speedups(_grid(4.5, 4.5))  # better than the 2x point (4.6): the speed-up is at least 80/40
-    fs = t["kd_full"]["frontier_speedup_step"]
+    fs = t["kd_full"].frontier["step"]
     assert fs["bounds"] == [">=", ">=", ">="] and fs["values"][0] == pytest.approx(2.0)
     assert "| ≥2.00x ×/÷ 1.00 [2.00, 2.00] | REPRODUCED |" in markdown_table(t)  # a lower bound above 1 suffices
 
@@ -85,7 +85,7 @@ def test_baseline_paper_speedup_is_one_by_definition():
     runs = [_run("baseline", [6.0, 5.5, 5.0, 5.0]), _run("kd_full", [5.5, 5.0, 4.9, 4.8])]
     t = speedups(runs)
     for axis in ("step", "gpu_hours"):
-        assert t["baseline"][f"paper_speedup_{axis}"]["mean"] == 1.0
+        assert t["baseline"].paper[axis]["mean"] == 1.0
 
 
 # -- the calibrated cost axis -------------------------------------------------------------------------
@@ -109,16 +109,16 @@ def test_verdicts_use_the_calibrated_axis():
     cal = Calibration(relative={"base": 1.0, "kd1": 2.0, "post": 1.0})  # a KD step costs two baseline steps
     t = speedups(_grid(4.8, 4.8), calibration=cal)
     # 1.5x in steps, but 60 / (40 * 2) = 0.75x once KD steps are charged what they cost
-    assert t["kd_full"]["frontier_speedup_calibrated"]["mean"] == pytest.approx(0.75, rel=1e-3)
-    assert t["kd_full"]["verdict"] == NOT_REPRODUCED
-    assert t["kd_stop50"]["frontier_speedup_calibrated"]["mean"] == pytest.approx(60 / 60, rel=1e-3)
+    assert t["kd_full"].frontier["calibrated"]["mean"] == pytest.approx(0.75, rel=1e-3)
+    assert t["kd_full"].verdict == NOT_REPRODUCED
+    assert t["kd_stop50"].frontier["calibrated"]["mean"] == pytest.approx(60 / 60, rel=1e-3)
 
 
 def test_comparison_with_a_bounded_variant_keeps_the_bound():
     # kd_full beyond the best frontier point (>= 2.0 in steps), kd_stop50 inside it (1.75): early stopping is
     # then *less* efficient in every seed, whatever kd_full's exact value is.
     t = speedups(_grid(4.5, 4.7, jitter=0.0))
-    t_rows = {n: t[n]["frontier_speedup_step"] for n in ("kd_full", "kd_stop50")}
+    t_rows = {n: t[n].frontier["step"] for n in ("kd_full", "kd_stop50")}
     assert t_rows["kd_full"]["bounds"] == [">="] * 3 and t_rows["kd_stop50"]["bounds"] == ["="] * 3
     f = {x["finding"].split()[0]: x for x in findings(t, TEXT)}
     assert f["Stopping"]["verdict"] == NOT_REPRODUCED, f["Stopping"]["evidence"]
