@@ -83,9 +83,10 @@ def test_resumed_run_ends_bit_equal_to_an_uninterrupted_one(tiny, tmp_path):
     assert losses("whole") == losses("stopped") and len(losses("whole")) == 8
 
 
-def test_unknown_variant_is_an_error_listing_the_valid_ones(capsys):
+@pytest.mark.parametrize("task", ["mlm", "text", "vision"])  # "text": the older name of "mlm", still accepted
+def test_unknown_variant_is_an_error_listing_the_valid_ones(task, capsys):
     # tiny flags: were the check ever lost, this would train a little instead of the whole demo
-    argv = ["--steps", "2", "--seeds", "1", "--workers", "1", "--output_dir", "/tmp/never-written"]
+    argv = ["--task", task, "--steps", "2", "--seeds", "1", "--workers", "1", "--output_dir", "/tmp/never-written"]
     assert cli_main(["reproduce", "--only", "kd_ful", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--only kd_ful" in err and "kd_full" in err and "ensemble_sample" in err
