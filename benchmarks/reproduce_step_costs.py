@@ -4,7 +4,7 @@ step kind, timed interleaved in one process with the ``DistillationTrainer``'s o
     python benchmarks/reproduce_step_costs.py                        # tiny preset, built-in corpus, 1 thread
     python benchmarks/reproduce_step_costs.py --preset gpu-small --override streaming=false   # on a GPU
 
-Kinds: ``base`` (no-KD step), ``kd1``/``kd3`` (KD step with 1 / 3 teachers of the preset's shape), ``post`` (a KD
+Kinds: ``base`` (no-KD step), ``kd1``/``kd3`` (KD step with 1 / 3 teachers of the real teachers' size), ``post`` (a KD
 run's step after its cutoff). ``hf-kd reproduce`` measures the same once per output folder (``calibration.json``)
 and charges every run ``steps x cost of its step kind``, so runs made minutes apart on a loaded machine are
 compared on one measurement.
@@ -17,14 +17,13 @@ import json
 
 import torch
 
-from hf_kd.reproduce.calibrate import measure_step_costs
 from hf_kd.reproduce.presets import PRESETS, apply_overrides
-from hf_kd.reproduce.text import load_corpus
+from hf_kd.reproduce.text import TextBackend
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS["mlm"]))
     ap.add_argument("--override", nargs="*", default=[], help="KEY=VALUE preset fields, as for hf-kd reproduce")
     ap.add_argument("--corpus", default=None, help="local .txt/.jsonl instead of the preset's corpus")
     ap.add_argument("--kinds", nargs="+", default=["base", "kd1", "kd3", "post"])
@@ -33,9 +32,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    p = apply_overrides(PRESETS[a.preset], a.override)
-    cal = measure_step_costs(p, load_corpus(p, a.corpus), a.kinds, a.rounds, a.steps_per_round)
-    print(json.dumps(cal, indent=2))
+    p = apply_overrides(PRESETS["mlm"][a.preset], a.override)
+    cal = TextBackend(p, a.corpus).measure_step_costs(a.kinds, a.rounds, a.steps_per_round)
+    print(json.dumps(cal.to_dict(), indent=2))
 
 
 if __name__ == "__main__":

@@ -103,3 +103,84 @@ def test_checker_catches_each_forbidden_direction(tmp_path):
                    "text/trainer.py:1 imports hf_kd.vision.data", "vision/data.py:1 imports hf_kd.reproduce",
                    "vision/loop.py:1 imports run_scripts"):
         assert any(needle in f for f in found), (needle, found)
+
+
+def _module_files(pkg_dir: Path) -> dict[str, Path]:
+    """Dotted module name -> file, for every module of the ``hf_kd`` folder ``pkg_dir``."""
+    out = {}
+    for path in pkg_dir.rglob("*.py"):
+        rel = path.relative_to(pkg_dir.parent).with_suffix("")
+        parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+        out[".".join(parts)] = path
+    return out
+
+
+def import_graph(pkg_dir: Path) -> dict[str, set[str]]:
+    """Module -> the ``hf_kd`` modules it imports (imports inside functions included) within its own sub-package."""
+    files = _module_files(pkg_dir)
+    graph: dict[str, set[str]] = {}
+    for mod, path in files.items():
+        is_init = path.name == "__init__.py"
+        package = tuple(mod.split(".")) if is_init else tuple(mod.split(".")[:-1])
+        sub = mod.split(".")[:2]
+        edges = set()
+        for _, name in _imports(path, package + ("x",) if is_init else package):
+            # ``from .a import b``: b may be a module (a.b) or a name in module a
+            for target in (name, name.rsplit(".", 1)[0]):
+                if target in files and target != mod and target.split(".")[:2] == sub and len(sub) == 2:
+                    edges.add(target)
+                    break
+        graph[mod] = edges
+    return graph
+
+
+def cycles(pkg_dir: Path) -> list[list[str]]:
+    """Import cycles inside any sub-package of ``pkg_dir`` (each as the list of modules around it)."""
+    graph, found, state = import_graph(pkg_dir), [], {}
+
+    def visit(mod: str, stack: list[str]) -> None:
+        state[mod] = "open"
+        for nxt in sorted(graph[mod]):
+            if state.get(nxt) == "open":
+                found.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, [*stack, nxt])
+        state[mod] = "done"
+
+    for mod in sorted(graph):
+        if mod not in state:
+            visit(mod, [mod])
+    return found
+
+
+def test_no_import_cycle_inside_any_sub_package():
+    assert cycles(ROOT / "hf_kd") == []
+
+
+def test_checker_catches_a_cycle_through_an_import_inside_a_function(tmp_path):
+    pkg = _tree(tmp_path, {
+        "__init__.py": "",
+        "reproduce/__init__.py": "",
+        "reproduce/jobs.py": "from .calibrate import cost\n",
+        "reproduce/calibrate.py": "def cost():\n    from . import text\n",
+        "reproduce/text.py": "def run():\n    from .jobs import execute\n",
+        "reproduce/report.py": "from .calibrate import cost\n",  # no cycle through report
+    })
+    assert cycles(pkg) == [["hf_kd.reproduce.calibrate", "hf_kd.reproduce.text", "hf_kd.reproduce.jobs",
+                            "hf_kd.reproduce.calibrate"]]
+
+
+# The protocol side of hf-kd reproduce talks to a task only through protocol.TaskBackend.
+TASK_INDEPENDENT = ("protocol", "run", "jobs", "calibrate", "table", "report", "findings", "study", "presets")
+TASK_MODULES = ("hf_kd.text", "hf_kd.vision", "hf_kd.reproduce.text", "hf_kd.reproduce.vision",
+                "hf_kd.reproduce.corpus")
+
+
+def test_reproduce_protocol_modules_import_no_task():
+    bad = []
+    for name in TASK_INDEPENDENT:
+        path = ROOT / "hf_kd" / "reproduce" / f"{name}.py"
+        for line, mod in _imports(path, ("hf_kd", "reproduce")):
+            if any(mod == t or mod.startswith(t + ".") for t in TASK_MODULES):
+                bad.append(f"reproduce/{name}.py:{line} imports {mod}")
+    assert bad == []

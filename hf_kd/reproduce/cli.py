@@ -8,7 +8,7 @@ from ..core.cli_utils import UserError, parse_args
 from ..core.trackers import check_trackers
 
 PRESET_NAMES = ("tiny", "gpu-small", "bert-base-c4")
-TASK_NAMES = ("text", "clm", "vision")
+TASK_NAMES = ("mlm", "clm", "vision", "text")  # "text": the name "mlm" had before --task clm existed
 
 
 @dataclass
@@ -17,9 +17,9 @@ class ReproduceArguments:
         "help": "'tiny' (CPU, offline, built-in corpus), 'gpu-small' (one GPU, ~1 h: BERT-small on C4 streaming with "
                 "a recycled BERT-medium teacher) or 'bert-base-c4' (the real-scale commands; --launch runs them). "
                 "--task clm and vision: 'tiny' only.", "choices": PRESET_NAMES})
-    task: str = field(default="text", metadata={
-        "help": "'text' (MLM: tiny BERT, held-out masked-token loss), 'clm' (causal LM: tiny GPT-2, held-out "
-                "next-token loss) or 'vision' (ResNet on digits).", "choices": TASK_NAMES})
+    task: str = field(default="mlm", metadata={
+        "help": "'mlm' (masked LM: tiny BERT, held-out masked-token loss; 'text' is the same), 'clm' (causal LM: "
+                "tiny GPT-2, held-out next-token loss) or 'vision' (ResNet on digits).", "choices": TASK_NAMES})
     corpus: str | None = field(default=None, metadata={"help": "Local .txt/.jsonl to use instead of the preset's "
                                                                 "corpus (the built-in one, or C4 for gpu-small)."})
     seeds: int | None = field(default=None, metadata={
@@ -54,28 +54,48 @@ class ReproduceArguments:
 
 
 def _validate(a: ReproduceArguments) -> None:
+    if a.task == "text":
+        a.task = "mlm"
     for flag in ("seeds", "workers", "threads", "steps"):
         if getattr(a, flag) is not None and getattr(a, flag) < 1:
             raise UserError(f"--{flag} {getattr(a, flag)} is invalid: expected an integer >= 1")
     # --preset and --task outside their choices are refused by the parser (one line, listing them)
-    if a.study and (a.task != "text" or a.preset != "tiny"):
-        raise UserError(f"--study with --task {a.task} --preset {a.preset} is invalid: expected --task text --preset "
+    if a.study and (a.task != "mlm" or a.preset != "tiny"):
+        raise UserError(f"--study with --task {a.task} --preset {a.preset} is invalid: expected --task mlm --preset "
                         "tiny (the study varies the tiny MLM protocol)")
-    if a.task == "clm" and a.preset != "tiny" and not a.rerender:
+    if a.task in ("clm", "vision") and a.preset != "tiny" and not a.rerender:
         raise UserError(f"--preset {a.preset!r} with --task {a.task} is invalid: expected --preset tiny (the "
                         "other presets are MLM protocols)")
 
 
-def _text(a: ReproduceArguments) -> dict:
-    from .presets import CLM_PRESETS, DEFAULT_SEEDS, PRESETS, apply_overrides, scale_steps
-    from .text import run_tiny
+def _protocol(a: ReproduceArguments) -> dict:
+    """The task's back end from its preset (with --override / --steps), run through the one protocol."""
+    from .presets import DEFAULT_SEEDS, PRESETS, apply_overrides, scale_steps
+    from .protocol import select_variants
+    from .run import run_protocol
 
-    p = apply_overrides((CLM_PRESETS if a.task == "clm" else PRESETS)[a.preset], a.override)
+    p = apply_overrides(PRESETS[a.task][a.preset], a.override)
     if a.steps:
         p = scale_steps(p, a.steps)
-    workers = 1 if p.streaming or a.preset == "gpu-small" else a.workers
-    return run_tiny(a.output_dir, a.corpus, a.seeds or DEFAULT_SEEDS[a.preset], p, a.only, full=a.full,
-                    workers=workers, threads=a.threads, report_to=a.report_to)
+    select_variants(p.frontier, a.only, a.full)  # a mistyped --only fails before any data is loaded
+    if a.task == "vision":
+        from .vision import VisionBackend
+
+        backend, workers = VisionBackend(p), 1  # each run uses the accelerate state of the process
+    else:
+        from .text import TextBackend
+
+        backend = TextBackend(p, a.corpus, a.report_to)
+        workers = 1 if p.streaming or a.preset == "gpu-small" else a.workers
+    return run_protocol(backend, a.output_dir, a.seeds or DEFAULT_SEEDS[a.preset], a.only, full=a.full,
+                        workers=workers, threads=a.threads)
+
+
+def _text_backend(a: ReproduceArguments):
+    """Builds the study cells' back ends (the study itself imports no task)."""
+    from .text import TextBackend
+
+    return lambda preset, corpus_path: TextBackend(preset, corpus_path, a.report_to)
 
 
 def reproduce(argv: list[str] | None = None) -> dict | None:
@@ -88,7 +108,8 @@ def reproduce(argv: list[str] | None = None) -> dict | None:
         from . import study
 
         results = (study.check(Path(a.output_dir)) if a.check else study.render(Path(a.output_dir))) if a.rerender \
-            else study.run_study(a.output_dir, a.seeds or 3, a.workers, a.threads, only_cells=a.only)
+            else study.run_study(a.output_dir, a.seeds or 3, a.workers, a.threads, only_cells=a.only,
+                                 backend_for=_text_backend(a))
     elif a.rerender:
         from .report import rerender
 
@@ -97,12 +118,8 @@ def reproduce(argv: list[str] | None = None) -> dict | None:
         from .scale import bert_base_c4
 
         results = bert_base_c4(a.output_dir, launch_it=a.launch)
-    elif a.task == "vision":
-        from .vision import run_vision
-
-        results = run_vision(a.output_dir, seeds=a.seeds or 3, only=a.only, full=a.full)
     else:
-        results = _text(a)
+        results = _protocol(a)
     print(results["markdown"])
     if results["plots"]:
         name = "study" if a.study else "results"

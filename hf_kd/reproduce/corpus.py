@@ -1,7 +1,11 @@
-"""``hf-kd reproduce``'s corpus: tokenizer, chunked train split and fixed validation set, built once per run.
+"""``hf-kd reproduce``'s corpus: built once per protocol through the scripts' own data path, and fingerprinted.
 
-Workers of a parallel run load it from disk (:func:`save_corpus` / :func:`load_saved_corpus`) instead of rebuilding
-it; :func:`unigram_entropy` is the regime line of every report (the loss of a context-free predictor).
+The tokenizer and the chunked splits come from :func:`hf_kd.text.pretrain.prepare_text_data` (what
+``run_mlm_kd.py`` / ``run_clm_kd.py`` build from the same flags), so the runs that certify the product train on
+exactly what the product would. The fingerprint that keys every run and teacher hashes every training and
+validation text and the tokenizer's vocabulary (:mod:`hf_kd.core.fingerprint`): two corpora that differ anywhere
+never share a run. Workers of a parallel run load the corpus from disk (:func:`save_corpus` /
+:func:`load_saved_corpus`) instead of rebuilding it; :func:`unigram_entropy` is the regime line of every report.
 """
 
 from __future__ import annotations
@@ -12,67 +16,83 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import datasets
 import torch
 import transformers
 
-from ..text.data import tokenize_and_chunk, train_wordpiece_tokenizer
-from ..text.masking import premask
-from .clm import next_token_unigram_entropy
+from ..core.fingerprint import text_content_hash, tokenizer_hash
+from ..text.config import DistillationTrainingArguments
+from ..text.data import load_raw_splits
+from ..text.pretrain import TextData, prepare_text_data
+from ..text.script_args import DataArguments, ModelArguments
+
+BUILTIN_NAME = "built-in stdlib prose"
 
 
 @dataclass
 class Corpus:
-    tokenizer: object
-    train: object
-    val: object
+    data: TextData
     fingerprint: str
-    name: str = "built-in stdlib prose"
+    name: str = BUILTIN_NAME
     stats: dict = field(default_factory=dict)
 
+    @property
+    def tokenizer(self) -> transformers.PreTrainedTokenizerBase:
+        return self.data.tokenizer
 
-def load_corpus(p, corpus_path: str | None) -> Corpus:
-    """Tokenizer + chunked train and fixed-mask validation sets: built-in corpus, ``corpus_path`` or a Hub dataset."""
-    import datasets
+    @property
+    def train(self):
+        return self.data.train
 
-    from ..text.data import load_raw_splits, text_sample
-    from ..text.script_args import DataArguments
+    @property
+    def val(self):
+        return self.data.val
 
-    if p.dataset_name and not corpus_path:
-        data_args = DataArguments(dataset_name=p.dataset_name, dataset_config_name=p.dataset_config_name,
-                                  streaming=p.streaming)
+
+def data_fingerprint(data_args: DataArguments, tokenizer) -> str:
+    """Every training and validation text (a streamed Hub dataset: its name, as its content is the Hub's) and the
+    tokenizer's vocabulary, with the chunking that turns them into sequences."""
+    if data_args.streaming and data_args.dataset_name:
+        content = json.dumps([data_args.dataset_name, data_args.dataset_config_name, "streaming"])
     else:
-        data_args = DataArguments(train_file=corpus_path) if corpus_path else DataArguments()
-    train_raw, val_raw = load_raw_splits(data_args)
-    texts = text_sample(train_raw, "text", limit=2_000 if p.tokenizer_name else 200_000)
-    if p.tokenizer_name:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(p.tokenizer_name)
-    else:
-        tokenizer = train_wordpiece_tokenizer(texts, p.vocab_size)
-    tokenizer.model_max_length = 10**6  # chunks are cut to max_seq_length below; silence the length warning
-    train = tokenize_and_chunk(train_raw, tokenizer, "text", p.max_seq_length)
-    val = tokenize_and_chunk(val_raw, tokenizer, "text", p.max_seq_length, what="validation data")
-    if p.max_eval_samples or isinstance(val, datasets.IterableDataset):
-        n = p.max_eval_samples or 1024
-        val = datasets.Dataset.from_list(list(val.take(n)) if isinstance(val, datasets.IterableDataset)
-                                         else [val[i] for i in range(min(n, len(val)))])
-    if p.task == "mlm":  # masked once, so every evaluation scores the same positions; a causal LM needs no mask
-        val = premask(val, tokenizer, p.mlm_probability)
-    n_train = None if isinstance(train, datasets.IterableDataset) else len(train)
-    fp = hashlib.sha256(("\0".join(texts[:50]) + str(n_train) + str(len(val))).encode()).hexdigest()[:12]
-    stats = {"train_sequences": n_train, "val_sequences": len(val)}
+        train, val = load_raw_splits(data_args)
+        col = data_args.text_column_name
+        content = text_content_hash(t for ds in (train, val) for t in ("\0split\0", *(r[col] or "" for r in ds)))
+    parts = [content, tokenizer_hash(tokenizer), data_args.max_seq_length, data_args.max_train_samples,
+             data_args.max_eval_samples]
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
+
+
+def load_corpus(model_args: ModelArguments, data_args: DataArguments, args: DistillationTrainingArguments,
+                name: str) -> Corpus:
+    """Tokenizer + chunked train and validation sets, as the scripts build them from the same arguments."""
+    data = prepare_text_data(model_args, data_args, args)
+    data.tokenizer.model_max_length = 10**6  # chunks are cut to max_seq_length already; silence the length warning
+    n_train = None if isinstance(data.train, datasets.IterableDataset) else len(data.train)
+    n_val = None if isinstance(data.val, datasets.IterableDataset) else len(data.val)
+    stats = {"train_sequences": n_train, "val_sequences": n_val}
     if n_train:
-        stats.update(train_tokens=n_train * p.max_seq_length, epochs_per_student=p.steps * p.batch_size / n_train)
-    name = corpus_path or (f"{p.dataset_name} (streaming)" if p.dataset_name else "built-in stdlib prose")
-    return Corpus(tokenizer, train, val, fp, name, stats)
+        stats["train_tokens"] = n_train * data_args.max_seq_length
+    return Corpus(data, data_fingerprint(data_args, data.tokenizer), name, stats)
 
 
-def unigram_entropy(val, pad_token_id: int | None = None) -> float:
-    """Entropy (nats) of the masked tokens' frequencies in the validation set: the loss of the best predictor
+def unigram_entropy(val, tokenizer, task: str) -> float:
+    """Entropy (nats) of the predicted tokens' own frequencies in the validation set: the loss of the best predictor
     that ignores context, i.e. the level a student has to get below to have learnt anything from context.
-    A causal LM's validation set has no labels: the next-token targets' frequencies are used instead."""
-    if "labels" not in val.column_names:
-        return next_token_unigram_entropy(val, pad_token_id)
-    counts = torch.bincount(torch.tensor([t for row in val["labels"] for t in row if t != -100]))
+
+    MLM: every maskable token (masking picks them uniformly, so these are the masked tokens' frequencies in
+    expectation); causal LM: every next-token target (each row's first token has none). Padding never counts."""
+    counts: torch.Tensor | None = None
+    for row in val:
+        ids = torch.tensor(row["input_ids"])
+        if task == "clm":
+            ids = ids[1:]
+        elif "special_tokens_mask" in row:
+            ids = ids[torch.tensor(row["special_tokens_mask"]) == 0]
+        if tokenizer.pad_token_id is not None:
+            ids = ids[ids != tokenizer.pad_token_id]
+        c = torch.bincount(ids, minlength=len(tokenizer))
+        counts = c if counts is None else counts + c
     probs = counts[counts > 0].double() / counts.sum()
     return float(-(probs * probs.log()).sum())
 
@@ -91,10 +111,8 @@ def save_corpus(corpus: Corpus, folder: Path) -> None:
 
 
 def load_saved_corpus(folder: Path) -> Corpus:
-    import datasets
-
     meta = json.loads((folder / "corpus.json").read_text())
     tok = transformers.AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
     tok.model_max_length = 10**6
-    return Corpus(tok, datasets.load_from_disk(str(folder / "train")), datasets.load_from_disk(str(folder / "val")),
-                  meta["fingerprint"], meta["name"], meta["stats"])
+    data = TextData(tok, datasets.load_from_disk(str(folder / "train")), datasets.load_from_disk(str(folder / "val")))
+    return Corpus(data, meta["fingerprint"], meta["name"], meta["stats"])

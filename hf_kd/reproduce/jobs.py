@@ -17,57 +17,32 @@ import json
 import logging
 import shutil
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+from .calibrate import estimate_seconds
+from .protocol import Calibration, Job, RunRecord, TaskBackend, TeacherRecord
 
 logger = logging.getLogger(__name__)
 RESULT = "run_result.json"
 
 
 @dataclass
-class Job:
-    """One training: a teacher (``variant is None``) or a student/frontier run of ``variant`` with ``seed``."""
-
-    name: str
-    seed: int = 0
-    steps: int = 0
-    variant: object = None
-    run_dir: str = ""
-    needs: tuple[str, ...] = field(default_factory=tuple)  # teacher names that must exist first
-
-
-@dataclass
 class Context:
-    """What every job needs: the preset, the corpus (in memory, or saved at ``corpus_dir`` for workers)."""
+    """What every job needs: the task's back end (sent to workers as is: see ``TaskBackend.for_workers``)."""
 
-    preset: object
-    corpus: object = None
-    corpus_dir: str | None = None
+    backend: TaskBackend
     save_every: int | None = None
-    key: dict = field(default_factory=dict)  # preset + corpus fingerprint, part of every run's key
-    report_to: str = "none"  # the students' tracker (not part of the key: it does not change a result)
+    progress: bool = True  # a progress bar per training only in-process: parallel workers' bars would interleave
 
 
-_WORKER_CORPUS: dict[str, object] = {}
-
-
-def _corpus(ctx: Context):
-    if ctx.corpus is not None:
-        return ctx.corpus
-    if ctx.corpus_dir not in _WORKER_CORPUS:
-        from .corpus import load_saved_corpus
-
-        _WORKER_CORPUS[ctx.corpus_dir] = load_saved_corpus(Path(ctx.corpus_dir))
-    return _WORKER_CORPUS[ctx.corpus_dir]
-
-
-def run_key(ctx: Context, job: Job, teachers: dict) -> dict:
+def run_key(ctx: Context, job: Job, teachers: dict[str, TeacherRecord]) -> dict:
     v = job.variant
-    key = {**ctx.key, "variant": asdict(v), "seed": job.seed, "steps": job.steps,
-           "teachers": [teachers[t] for t in v.teachers]}
+    key = {**ctx.backend.key, "variant": asdict(v), "seed": job.seed, "steps": job.steps,
+           "teachers": [asdict(teachers[t]) for t in v.teachers]}
     return json.loads(json.dumps(key, default=str))  # as it reads back from run_result.json (tuples -> lists)
 
 
@@ -89,65 +64,72 @@ def comparable(key: dict) -> dict:
     return key
 
 
-def finished(run_dir: Path, key: dict) -> dict | None:
+def finished(run_dir: Path, key: dict, quiet: bool = False) -> dict | None:
     """The saved result of a finished run with this ``key`` (compared by :func:`comparable`), else ``None``."""
     f = run_dir / RESULT
     if f.is_file():
         saved = json.loads(f.read_text())
         if comparable(saved.get("key") or {}) == comparable(key):
             return saved["run"]
-        logger.info("%s was run with other settings: training it again", run_dir.name)
+        if not quiet:
+            logger.info("%s was run with other settings: training it again", run_dir.name)
     return None
 
 
-def run_job(ctx: Context, job: Job, teachers: dict) -> dict:
-    """Train ``job`` unless already finished; returns a teacher's ``{path, meta}`` or a student's run entry."""
-    from . import text
-
-    corpus = _corpus(ctx)
+def run_job(ctx: Context, job: Job, teachers: dict[str, TeacherRecord]) -> TeacherRecord | RunRecord:
+    """Train ``job`` unless already finished; returns a teacher's record or a student's run record."""
     if job.variant is None:
-        # a progress bar per training only in-process: parallel workers' bars would interleave
-        path, meta = text.ensure_teacher(job.name, ctx.preset, corpus, progress=ctx.corpus is not None)
-        return {"path": str(path), "meta": meta}
+        return ctx.backend.ensure_teacher(job.name, progress=ctx.progress)
     v, run_dir = job.variant, Path(job.run_dir)
     key = run_key(ctx, job, teachers)
     done = finished(run_dir, key)
     if done is not None:  # possibly made for another role (a frontier point reused as a 1x baseline)
-        return {**done, "variant": v.name, "role": v.role}
+        return replace(RunRecord.from_dict(done), variant=v.name, role=v.role)
     started = run_dir / "run_key.json"  # what the checkpoints in run_dir were trained for
     resumable = started.is_file() and comparable(json.loads(started.read_text())) == comparable(key)
-    if run_dir.is_dir() and not (resumable and text.latest_complete_checkpoint(run_dir)):
+    if run_dir.is_dir() and not (resumable and ctx.backend.has_checkpoint(run_dir)):
         shutil.rmtree(run_dir)  # nothing to resume from, or made with other settings: start clean
     run_dir.mkdir(parents=True, exist_ok=True)
     started.write_text(json.dumps(key))
-    models = [text.load_teacher(teachers[t]["path"], ctx.preset.task) for t in v.teachers]
-    tr = text.train_one(ctx.preset, corpus, run_dir, job.steps, job.seed, models, v, progress=False,
-                        save_every=ctx.save_every, report_to=ctx.report_to)
-    run = {"variant": v.name, "role": v.role, "seed": job.seed, "steps": job.steps, "run_dir": str(run_dir),
-           "teachers": list(v.teachers), "kd_stop_ratio": v.kd_stop_ratio, "selection": v.selection,
-           "teacher_forwards": tr.teacher_forwards,  # whole run, across resumes (checkpointed)
-           "log_history": tr.state.log_history}
+    outcome = ctx.backend.train(job, [teachers[t].path for t in v.teachers], ctx.save_every, progress=False)
+    run = RunRecord(variant=v.name, role=v.role, seed=job.seed, steps=job.steps, run_dir=str(run_dir),
+                    teachers=list(v.teachers), kd_stop_ratio=v.kd_stop_ratio, selection=v.selection,
+                    teacher_forwards=outcome.teacher_forwards, log_history=outcome.log_history)
     for ckpt in run_dir.glob("checkpoint-*"):
-        shutil.rmtree(ckpt, ignore_errors=True)  # finished: the result and trainer_state.json are what count
+        shutil.rmtree(ckpt, ignore_errors=True)  # finished: the result and the run's log are what count
     tmp = run_dir / (RESULT + ".partial")
-    tmp.write_text(json.dumps({"key": key, "run": run}, default=str))
+    tmp.write_text(json.dumps({"key": key, "run": run.to_dict()}, default=str))
     tmp.replace(run_dir / RESULT)
     return run
 
 
-def log_plan(jobs: list[Job], calibration: dict, workers: int, teacher_steps: int) -> float:
-    """Log what will be trained (finished runs excluded) and the time it should take here; returns seconds."""
-    from .calibrate import estimate_seconds
+def to_train(jobs: list[Job], ctx: Context, teachers: dict[str, TeacherRecord] | None = None) -> list[Job]:
+    """The student jobs not finished yet: no result saved under the key they would have now (teachers not
+    trained yet make a key that cannot match: their runs are counted as to train)."""
+    out = []
+    for j in jobs:
+        if j.variant is None:
+            continue
+        known = all(t in (teachers or {}) for t in j.variant.teachers)
+        if not known or finished(Path(j.run_dir), run_key(ctx, j, teachers), quiet=True) is None:
+            out.append(j)
+    return out
 
-    runs = [{"teachers": j.variant.teachers, "selection": j.variant.selection, "kd_stop_ratio": j.variant.kd_stop_ratio,
-             "steps": j.steps} for j in jobs if j.variant is not None and not (Path(j.run_dir) / RESULT).is_file()]
+
+def log_plan(jobs: list[Job], ctx: Context, calibration: Calibration, workers: int) -> float:
+    """Log what will be trained (finished runs excluded) and the time it should take here; returns seconds."""
+    peeked = {j.name: ctx.backend.peek_teacher(j.name) for j in jobs if j.variant is None}
+    todo = to_train(jobs, ctx, {n: t for n, t in peeked.items() if t is not None})
+    runs = [RunRecord(j.name, j.variant.role, j.seed, j.steps, j.run_dir, list(j.variant.teachers),
+                      j.variant.kd_stop_ratio, j.variant.selection, 0, []) for j in todo]
+    teacher_steps = sum(ctx.backend.teacher_steps_to_train(j.name) for j in jobs if j.variant is None)
     names = sorted({j.name for j in jobs if j.variant is not None})
     seeds = sorted({j.seed for j in jobs if j.variant is not None})
     sec = estimate_seconds(runs, teacher_steps, calibration, workers)
     logger.info("plan: %d variants (%s) x seeds %s; to train now: %d runs + %d teacher steps, %d worker(s); "
                 "estimated %.0f min of training here (%.3f s per baseline step measured just now; evaluations "
                 "not included)", len(names), ", ".join(names), seeds, len(runs), teacher_steps, workers, sec / 60,
-                calibration["seconds_per_step"]["base"])
+                calibration.seconds_per_step["base"])
     return sec
 
 
@@ -167,17 +149,18 @@ def _init_worker(threads: int) -> None:
     logging.getLogger("hf_kd").setLevel(logging.WARNING)
 
 
-def execute(jobs: list[Job], ctx: Context, workers: int = 1, threads: int = 1) -> tuple[dict, list[dict]]:
+def execute(jobs: list[Job], ctx: Context, workers: int = 1, threads: int = 1
+            ) -> tuple[dict[str, TeacherRecord], list[RunRecord]]:
     """Run teachers, then the jobs that need them, ``workers`` at a time; returns (teachers, runs in job order)."""
-    teachers: dict[str, dict] = {}
-    results: dict[int, dict] = {}
+    teachers: dict[str, TeacherRecord] = {}
+    results: dict[int, RunRecord] = {}
     todo = list(enumerate(jobs))
     bar = tqdm(total=len(jobs), desc="trainings")
 
     def ready(job: Job) -> bool:
         return all(t in teachers for t in job.needs)
 
-    def done(i: int, job: Job, res: dict) -> None:
+    def done(i: int, job: Job, res) -> None:
         if job.variant is None:
             teachers[job.name] = res
         else:

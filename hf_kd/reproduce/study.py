@@ -4,7 +4,7 @@
     hf-kd reproduce --study --rerender --output_dir runs/regime_study   # rebuild study.md/.json/.png from logs
     hf-kd reproduce --study --rerender --check --output_dir docs/regime_study   # exit 2 if study.md is stale
 
-The tiny protocol (``TinyPreset``: built-in corpus, tiny BERT, masked-token loss) with one knob moved per axis.
+The tiny MLM protocol (``MLM_TINY``: built-in corpus, tiny BERT, masked-token loss) with one knob moved per axis.
 Each cell reports the budget-frontier speed-up (calibrated cost, the verdicts' axis; and steps) of KD stopped at
 50% and KD throughout, geometric mean ×/÷ geometric sd [90% interval on log speed-ups] over seeds paired with the baselines' seeds:
 
@@ -13,7 +13,7 @@ Each cell reports the budget-frontier speed-up (calibrated cost, the verdicts' a
 * ``positions``: KD at the masked positions vs at every position, 800 steps, 4,800-step teacher;
 * ``alpha_t``: (α, T) = (0.5, 1) (ours) vs (0.9, 4) (the paper's code), 800 steps, 4,800-step teacher.
 
-Each cell is one :func:`~hf_kd.reproduce.text.run_tiny` protocol in ``cells/<cell>``. Runs without teachers live
+Each cell is one :func:`~hf_kd.reproduce.run.run_protocol` of the text back end in ``cells/<cell>``. Runs without teachers live
 in ``baselines/`` and are shared: an 800-step baseline is the 2x frontier point of the 400-step cell and the 1x
 baseline of the 800-step one (``jobs.comparable``). The settings a cell shares with another (e.g. 800 steps,
 masked, 0.5/1) are one cell, drawn on every axis it belongs to.
@@ -23,11 +23,15 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..core.errors import UserError
-from .text import TinyPreset
+from .presets import MLM_TINY, TextPreset
+from .protocol import TaskBackend
+from .report import load_results, rerender, write_report
+from .run import run_protocol
 
 logger = logging.getLogger(__name__)
 STRONG_TEACHER = 4800  # steps: 12x the demo's 400-step budget, 3x the largest budget studied
@@ -47,7 +51,7 @@ class Cell:
     x: dict = field(default_factory=dict)  # axis -> the value drawn on it
     variants: tuple[str, ...] = KD_VARIANTS
 
-    def preset(self, base: TinyPreset) -> TinyPreset:
+    def preset(self, base: TextPreset) -> TextPreset:
         changes = {k: tuple(v) if isinstance(v, list) else v for k, v in self.changes.items()}
         return replace(base, **{"frontier": FRONTIER, **changes})
 
@@ -78,11 +82,14 @@ def cells(scale: float = 1.0) -> list[Cell]:
 
 
 def run_study(output_dir: str, seeds: int = 3, workers: int = 2, threads: int = 1,
-              base: TinyPreset | None = None, only_cells: list[str] | None = None, scale: float = 1.0,
-              corpus_path: str | None = None) -> dict:
-    """Run every cell (finished runs are reused; shared baselines trained once) and write the study report."""
-    from .text import run_tiny
+              base: TextPreset | None = None, only_cells: list[str] | None = None, scale: float = 1.0,
+              corpus_path: str | None = None,
+              backend_for: Callable[[TextPreset, str | None], TaskBackend] | None = None) -> dict:
+    """Run every cell (finished runs are reused; shared baselines trained once) and write the study report.
 
+    ``backend_for(preset, corpus_path)``: the text back end of a cell (the caller picks the task module)."""
+    if backend_for is None:
+        raise ValueError("run_study needs backend_for (e.g. hf_kd.reproduce.text.TextBackend)")
     out = Path(output_dir)
     grid = _select(only_cells, scale)
     for i, c in enumerate(grid, 1):
@@ -90,8 +97,8 @@ def run_study(output_dir: str, seeds: int = 3, workers: int = 2, threads: int = 
         folder = out / "cells" / c.name
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "cell.json").write_text(json.dumps(asdict(c), indent=1))  # what render() draws it as
-        run_tiny(str(folder), corpus_path, seeds, c.preset(base or TinyPreset()), list(c.variants),
-                 workers=workers, threads=threads, baseline_dir=str(out / "baselines"))
+        run_protocol(backend_for(c.preset(base or MLM_TINY), corpus_path), str(folder), seeds, list(c.variants),
+                     workers=workers, threads=threads, baseline_dir=str(out / "baselines"))
     return render(out)
 
 
@@ -124,8 +131,6 @@ def cell_summary(results: dict, cell: Cell) -> dict:
 
 def render(out: Path, grid: list[Cell] | None = None, write: bool = True) -> dict:
     """study.json/.md/.png from the cells' results.json (their run logs), via the reproduce report."""
-    from .report import rerender, write_report
-
     summaries = []
     if grid is None:  # every cell run so far, as it was defined when run
         grid = [Cell(**{**json.loads(f.read_text()), "axes": tuple(json.loads(f.read_text())["axes"])})
@@ -140,8 +145,7 @@ def render(out: Path, grid: list[Cell] | None = None, write: bool = True) -> dic
         if write:
             results = rerender(folder)
         else:
-            results = json.loads((folder / "results.json").read_text())
-            results = write_report(results, folder, "text", write=False)
+            results = write_report(load_results(folder), folder, write=False)
         summaries.append(cell_summary(results, c))
     md = study_markdown(summaries)
     plot = None

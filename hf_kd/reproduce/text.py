@@ -1,131 +1,57 @@
-"""``hf-kd reproduce``: the paper's protocol in miniature -- teachers, then students with one data order.
+"""The text back end of ``hf-kd reproduce`` (``--task mlm`` and ``--task clm``): every run through the scripts' path.
 
-    hf-kd reproduce                                  # tiny preset, built-in corpus, 3 seeds, default variants
-    hf-kd reproduce --full                           # every variant (poor teacher, ensembles, 0.5x frontier)
-    hf-kd reproduce --corpus my_corpus.jsonl         # a local .txt/.jsonl instead of the built-in corpus
-    hf-kd reproduce --preset bert-base-c4            # print the real-scale protocol (add --launch to run it)
-    hf-kd reproduce --task clm                       # the same protocol for a tiny GPT-2 (next-token loss)
-
-Protocol (Blakeney et al. 2022, Sec. 4): teachers are pretrained once with plain MLM and cached (the
-paper's "recycle": their cost is sunk and shown separately). Students share seed, data order, masking and
-step budget: no-KD baseline; KD throughout; KD stopped at 25% and 50%; (``--full``:) KD from a poor teacher
-and a 3-teacher ensemble with ``mean`` and with ``sample``. Baselines at other budgets, each with its own full
-LR schedule, give the budget frontier. Quality = held-out MLM loss on a validation set masked once; cost =
-measured GPU-hours (teacher forwards included) and a calibrated cost (``calibrate``) that verdicts use.
-Every run is repeated for each seed; finished runs are reused and half-finished ones resumed (``jobs``).
-A preset with ``task="clm"`` runs the same protocol for causal LMs (GPT-2 students and teachers, next-token
-labels, quality = held-out next-token loss); its model, collator and regime line are in ``clm``.
+Data, tokenizer, students, collator, teachers and trainer come from :mod:`hf_kd.text.pretrain` -- the factory
+``run_mlm_kd.py`` and ``run_clm_kd.py`` use -- so a reproduce run *is* a script run with the flags
+:func:`training_args` and :meth:`TextBackend.model_args` / :meth:`TextBackend.data_args` spell out: masks from
+``ResumableMLMCollator`` (a function of seed and batch, so a resumed run is bit-exact), teachers loaded by
+``core.teachers.load_pretrained`` from their saved folders. Evaluation uses that same collator: every evaluation of
+a run scores the same masked positions, and so do all variants of one seed (speed-ups are paired per seed).
+Quality = the trainer's ``eval_loss`` (held-out masked-token or next-token loss).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import copy
 import logging
-import shutil
-from dataclasses import asdict, dataclass, replace
+import tempfile
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 import transformers
 
 from ..core.checkpointing import latest_complete_checkpoint
-from ..core.errors import UserError
+from ..core.teachers import load_pretrained
 from ..text.config import DistillationTrainingArguments
 from ..text.data import cache_root
-from ..text.masking import PremaskedAwareCollator
-from ..text.models import preset_config
+from ..text.pretrain import mlm_accuracy, next_token_accuracy, text_collator, trainer_for_data
+from ..text.script_args import DataArguments, ModelArguments
 from ..text.trainer import DistillationTrainer
-from .clm import clm_collator, clm_model
-from .corpus import Corpus, load_corpus, save_corpus, unigram_entropy
+from .calibrate import teachers_per_kind, time_step_kinds
+from .corpus import BUILTIN_NAME, Corpus, load_corpus, load_saved_corpus, save_corpus, unigram_entropy
+from .presets import TextPreset
+from .protocol import (
+    Calibration,
+    Job,
+    RunOutcome,
+    TeacherRecord,
+    Variant,
+    cache_folder,
+    cached_teacher,
+    peek_cached_teacher,
+    teacher_steps,
+)
 
 logger = logging.getLogger(__name__)
-
-
-TASKS = ("mlm", "clm")
-
-
-@dataclass(frozen=True)
-class TinyPreset:
-    """The tiny preset, fixed after tuning (README, "Reproducing the paper in miniature", has the evidence)."""
-
-    model_preset: str = "tiny"
-    vocab_size: int = 8192
-    max_seq_length: int = 128
-    batch_size: int = 16
-    steps: int = 400
-    learning_rate: float = 2e-3  # 1e-3 left the tiny models near the unigram plateau; 3e-3 diverged to it
-    warmup_ratio: float = 0.06
-    eval_every: int = 40
-    kd_alpha: float = 0.5
-    kd_temperature: float = 1.0
-    good_teacher_steps: int = 1200
-    second_teacher_steps: int = 800
-    poor_teacher_steps: int = 100
-    # 1.5x and 2x too: a KD run that ends better than the 1x baseline needs frontier points beyond it (the
-    # frontier is interpolated, never extrapolated; a run beyond its best point reads "not reached")
-    frontier: tuple[float, ...] = (0.5, 0.75, 1.5, 2.0)
-    mlm_probability: float = 0.15
-    kd_positions: str = "masked"  # "all": KD at every position (the regime study compares the two)
-    # Corpus and teachers other than the built-in ones (the gpu-small preset: C4 streaming, a Hub teacher).
-    dataset_name: str | None = None  # a Hub dataset instead of the built-in corpus / --corpus file
-    dataset_config_name: str | None = None
-    streaming: bool = False
-    tokenizer_name: str | None = None  # a pretrained tokenizer instead of a WordPiece one trained on the corpus
-    max_eval_samples: int | None = None  # validation sequences kept (a stream's first ones)
-    recycled_teacher: str | None = None  # a pretrained MLM (path or Hub id) used as teacher "good", not trained
-    bf16: bool = False  # on a GPU only
-    task: str = "mlm"  # "clm": GPT-style students and teachers (``clm_preset_config``), next-token loss
-
-    def __post_init__(self):
-        if self.task not in TASKS:
-            raise UserError(f"preset task={self.task!r} is invalid: expected one of {', '.join(TASKS)}")
-
 
 TEACHER_KEY_FIELDS = ("model_preset", "vocab_size", "max_seq_length", "batch_size", "learning_rate", "warmup_ratio",
                       "mlm_probability")
 
 
-@dataclass
-class Variant:
-    name: str
-    teachers: tuple[str, ...] = ()
-    kd_stop_ratio: float | None = None
-    selection: str = "mean"
-    budget: float = 1.0
-    role: str = "student"  # "student" | "frontier"
-
-
-# What `hf-kd reproduce` runs by default (3 seeds of each fit ~20 min on 2 CPU cores); `--full` runs all.
-DEFAULT_VARIANTS = ("baseline", "kd_full", "kd_stop25", "kd_stop50", "baseline_0.75x", "baseline_1.5x", "baseline_2x")
-
-
-def variants(p, full: bool = True) -> list[Variant]:
-    """Every variant of the protocol (``full``) or the default subset :data:`DEFAULT_VARIANTS`."""
-    ens = ("good", "second", "poor")
-    out = [Variant("baseline"), Variant("kd_full", ("good",)), Variant("kd_stop25", ("good",), 0.25),
-           Variant("kd_stop50", ("good",), 0.5), Variant("kd_poor_teacher", ("poor",)),
-           Variant("ensemble_mean", ens, selection="mean"), Variant("ensemble_sample", ens, selection="sample")]
-    out += [Variant(f"baseline_{b:g}x", budget=b, role="frontier") for b in p.frontier]
-    return out if full else [v for v in out if v.name in DEFAULT_VARIANTS]
-
-
-def select_variants(p, only: list[str] | None, full: bool) -> list[Variant]:
-    """The variants to run: ``only`` (plus the baselines) from the whole grid, else the default or full set."""
-    everything = variants(p, full=True)
-    if only:
-        names = [v.name for v in everything]
-        bad = [n for n in only if n not in names]
-        if bad:
-            raise UserError(f"--only {' '.join(bad)}: unknown variant(s); expected some of {', '.join(names)}")
-        # the baselines (1x and the frontier) always run: every speed-up is measured against them
-        return [v for v in everything if v.name in only or v.name == "baseline" or v.role == "frontier"]
-    return variants(p, full=full)
-
-
-def training_args(p: TinyPreset, out: Path, steps: int, seed: int, v: Variant | None = None,
+def training_args(p: TextPreset, out: Path, steps: int, seed: int, v: Variant | None = None,
                   report_progress: bool = True, save_every: int | None = None,
                   report_to: str = "none") -> DistillationTrainingArguments:
+    """The run's flags (each one is a ``run_mlm_kd.py`` / ``run_clm_kd.py`` flag of the same name)."""
     return DistillationTrainingArguments(
         output_dir=str(out), max_steps=steps, per_device_train_batch_size=p.batch_size,
         per_device_eval_batch_size=64, learning_rate=p.learning_rate, warmup_steps=p.warmup_ratio,
@@ -133,123 +59,14 @@ def training_args(p: TinyPreset, out: Path, steps: int, seed: int, v: Variant | 
         eval_steps=p.eval_every, logging_steps=p.eval_every, report_to=report_to,
         # Checkpoints let an interrupted run resume (hf-kd reproduce reruns pick them up); one is kept.
         save_strategy="steps" if save_every else "no", save_steps=save_every or 500, save_total_limit=1,
-        use_cpu=not torch.cuda.is_available(), bf16=getattr(p, "bf16", False) and torch.cuda.is_available(),
-        disable_tqdm=not report_progress, dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(), bf16=p.bf16 and torch.cuda.is_available(),
+        disable_tqdm=not report_progress, dataloader_num_workers=0, kd_task=p.task,
         kd_alpha=p.kd_alpha, kd_temperature=p.kd_temperature, kd_positions=p.kd_positions,
         kd_stop_ratio=v.kd_stop_ratio if v else None, kd_teacher_selection=v.selection if v else "mean",
         overwrite_output_dir=True)
 
 
-def student_config(p: TinyPreset, corpus: Corpus) -> transformers.BertConfig:
-    return preset_config(p.model_preset, vocab_size=len(corpus.tokenizer),
-                         max_position_embeddings=max(512, p.max_seq_length), pad_token_id=corpus.tokenizer.pad_token_id)
-
-
-def new_model(p: TinyPreset, corpus: Corpus) -> transformers.PreTrainedModel:
-    """A fresh student (or teacher) of the preset's size and task, initialised from the current seed."""
-    if p.task == "clm":
-        return clm_model(p, corpus)
-    return transformers.BertForMaskedLM(student_config(p, corpus))
-
-
-def collator_for(p: TinyPreset, tokenizer):
-    return clm_collator(tokenizer) if p.task == "clm" else PremaskedAwareCollator(tokenizer, p.mlm_probability)
-
-
-def trainer_for(p: TinyPreset, corpus: Corpus, model, teachers, args: DistillationTrainingArguments
-                ) -> DistillationTrainer:
-    trainer = DistillationTrainer(
-        model=model, teacher_model=list(teachers) or None, args=args, train_dataset=corpus.train,
-        eval_dataset=corpus.val, processing_class=corpus.tokenizer, data_collator=collator_for(p, corpus.tokenizer),
-        compute_metrics=_next_token_accuracy if p.task == "clm" else _accuracy)
-    if args.disable_tqdm:  # no progress bar wanted: no per-log dict printed either (parallel workers stay quiet)
-        trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
-    return trainer
-
-
-def train_one(p: TinyPreset, corpus: Corpus, out: Path, steps: int, seed: int, teachers=(), v: Variant | None = None,
-              progress: bool = True, save_every: int | None = None, report_to: str = "none") -> DistillationTrainer:
-    """Train a student (or teacher: no ``teachers``) from a fresh ``seed`` init; returns the finished trainer.
-
-    With ``save_every``, checkpoints are written and a complete one already in ``out`` is resumed from.
-    """
-    transformers.set_seed(seed)
-    model = new_model(p, corpus)
-    trainer = trainer_for(p, corpus, model, teachers, training_args(p, out, steps, seed, v, progress, save_every,
-                                                                            report_to))
-    resume = latest_complete_checkpoint(out) if save_every else None
-    if resume:
-        logger.info("resuming %s from %s", out.name, resume)
-    trainer.train(resume_from_checkpoint=resume)
-    if not any(e.get("step") == steps and "eval_loss" in e for e in trainer.state.log_history):
-        trainer.evaluate()  # the final point of every curve is an evaluation
-    trainer.save_state()
-    return trainer
-
-
-def _accuracy(eval_pred):
-    from ..text.pretrain import mlm_accuracy
-
-    return mlm_accuracy(eval_pred)
-
-
-def _next_token_accuracy(eval_pred):
-    from ..text.pretrain import next_token_accuracy
-
-    return next_token_accuracy(eval_pred)
-
-
-def teacher_steps(p: TinyPreset) -> dict[str, tuple[int, int]]:
-    """Teacher name -> (steps, seed): a good one trained 3x the students' budget, a second, a poor one."""
-    return {"good": (p.good_teacher_steps, 101), "second": (p.second_teacher_steps, 102),
-            "poor": (p.poor_teacher_steps, 103)}
-
-
-def cache_folder(kind: str, name: str, key_parts: list) -> Path:
-    return cache_root() / kind / f"{name}-{hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:16]}"
-
-
-def cached_teacher(kind: str, name: str, key_parts: list, train) -> tuple[Path, dict]:
-    """``train(folder) -> meta`` once per key (the paper's "recycle"); later calls reuse the cached folder.
-
-    The folder is built under a ``.partial`` name and renamed when complete, so a killed run never leaves a
-    half-trained teacher in the cache.
-    """
-    folder = cache_folder(kind, name, key_parts)
-    if (folder / "teacher.json").is_file():
-        logger.info("reusing cached teacher %s from %s", name, folder)
-        return folder, json.loads((folder / "teacher.json").read_text())
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    meta = {"name": name, **train(tmp)}
-    (tmp / "teacher.json").write_text(json.dumps(meta, indent=2))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.replace(folder)
-    return folder, meta
-
-
-def ensure_teacher(name: str, p: TinyPreset, corpus: Corpus, progress: bool = True) -> tuple[Path | str, dict]:
-    """Train a text teacher once, cached by (what shapes it, corpus); or evaluate the preset's recycled one."""
-    if p.recycled_teacher and name == "good":
-        return p.recycled_teacher, recycled_teacher_meta(p, corpus)
-    steps, seed = teacher_steps(p)[name]
-
-    def train(folder: Path) -> dict:
-        trainer = train_one(replace(p, eval_every=max(p.eval_every, steps // 6)), corpus, folder, steps, seed,
-                            progress=progress)
-        trainer.save_model()
-        return {"steps": steps, "seed": seed, "gpu_hours": trainer.cost_callback.meter.gpu_hours,
-                "final_quality": [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e][-1]}
-
-    return cached_teacher(teacher_kind(p), name, teacher_key(name, p, corpus), train)
-
-
-def teacher_kind(p: TinyPreset) -> str:
-    """The cache folder of the preset's teachers: causal-LM teachers are kept apart from the MLM ones."""
-    return "clm_teachers" if p.task == "clm" else "teachers"
-
-
-def preset_key(p: TinyPreset) -> dict:
+def preset_key(p: TextPreset) -> dict:
     """The preset as part of every run's key; ``task`` only when not MLM, so MLM runs made before it existed
     are still recognised as finished."""
     d = asdict(p)
@@ -258,98 +75,208 @@ def preset_key(p: TinyPreset) -> dict:
     return d
 
 
-def teacher_key(name: str, p: TinyPreset, corpus: Corpus) -> list:
-    # Only what shapes the teacher goes into the key, so tuning the students' KD knobs reuses it.
-    steps, seed = teacher_steps(p)[name]
-    return [{k: getattr(p, k) for k in TEACHER_KEY_FIELDS}, steps, seed, corpus.fingerprint]
+class TextBackend:
+    """:class:`~hf_kd.reproduce.protocol.TaskBackend` for masked and causal LMs (``preset.task``)."""
+
+    def __init__(self, preset: TextPreset, corpus_path: str | None = None, report_to: str = "none",
+                 corpus: Corpus | None = None, corpus_dir: str | None = None):
+        self.preset, self.task, self.corpus_path, self.report_to = preset, preset.task, corpus_path, report_to
+        self.corpus_dir = corpus_dir
+        self._corpus = corpus
+        if corpus is None and corpus_dir is None:
+            self._corpus = load_corpus(self.model_args(), self.data_args(), self.args(Path(tempfile.gettempdir()), 1, 0),
+                                       self._data_name())
+        self.data_name = self.corpus.name
+        self.key = {"preset": preset_key(preset), "corpus": self.corpus.fingerprint}
+
+    # -- the run as script arguments -------------------------------------------------------------------------
+    def model_args(self) -> ModelArguments:
+        p = self.preset
+        return ModelArguments(model_preset=p.model_preset, vocab_size=p.vocab_size, tokenizer_name=p.tokenizer_name)
+
+    def data_args(self) -> DataArguments:
+        p = self.preset
+        if p.dataset_name and not self.corpus_path:
+            source = {"dataset_name": p.dataset_name, "dataset_config_name": p.dataset_config_name,
+                      "streaming": p.streaming}
+        else:
+            source = {"train_file": self.corpus_path} if self.corpus_path else {}
+        return DataArguments(max_seq_length=p.max_seq_length, mlm_probability=p.mlm_probability,
+                             max_eval_samples=p.max_eval_samples, **source)
+
+    def args(self, out: Path, steps: int, seed: int, v: Variant | None = None, progress: bool = False,
+             save_every: int | None = None, report_to: str = "none",
+             eval_every: int | None = None) -> DistillationTrainingArguments:
+        p = replace(self.preset, eval_every=eval_every) if eval_every else self.preset
+        return training_args(p, out, steps, seed, v, progress, save_every, report_to)
+
+    def _data_name(self) -> str:
+        p = self.preset
+        return self.corpus_path or (f"{p.dataset_name} (streaming)" if p.dataset_name else BUILTIN_NAME)
+
+    @property
+    def corpus(self) -> Corpus:
+        if self._corpus is None:  # a worker process: the parent saved it once
+            self._corpus = load_saved_corpus(Path(self.corpus_dir))
+        return self._corpus
+
+    def __getstate__(self) -> dict:  # workers reload the saved corpus rather than unpickling datasets
+        return {**self.__dict__, "_corpus": None if self.corpus_dir else self._corpus}
+
+    def for_workers(self, folder: Path) -> TextBackend:
+        save_corpus(self.corpus, folder)
+        return TextBackend(self.preset, self.corpus_path, self.report_to, corpus=self.corpus, corpus_dir=str(folder))
+
+    # -- trainings --------------------------------------------------------------------------------------------
+    def trainer(self, out: Path, steps: int, seed: int, teachers: list[str] | list[torch.nn.Module] = (),
+                v: Variant | None = None, progress: bool = False, save_every: int | None = None,
+                report_to: str = "none", student: torch.nn.Module | None = None,
+                eval_every: int | None = None) -> DistillationTrainer:
+        """A ready trainer for one run: the scripts' factory with this run's arguments and teachers."""
+        args = self.args(out, steps, seed, v, progress, save_every, report_to, eval_every)
+        trainer = trainer_for_data(self.model_args(), self.data_args(), args, self.corpus.data,
+                                   teacher_model=list(teachers) or None, task=self.task, student=student)
+        if args.disable_tqdm:  # no progress bar wanted: no per-log dict printed either (parallel workers stay quiet)
+            trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
+        return trainer
+
+    def train_one(self, out: Path, steps: int, seed: int, teachers: list[str] = (), v: Variant | None = None,
+                  progress: bool = False, save_every: int | None = None, report_to: str = "none",
+                  eval_every: int | None = None) -> DistillationTrainer:
+        """Train a student (or teacher: no ``teachers``) from a fresh ``seed`` init; returns the finished trainer.
+
+        With ``save_every``, checkpoints are written and a complete one already in ``out`` is resumed from.
+        """
+        trainer = self.trainer(out, steps, seed, teachers, v, progress, save_every, report_to, eval_every=eval_every)
+        resume = latest_complete_checkpoint(out) if save_every else None
+        if resume:
+            logger.info("resuming %s from %s", out.name, resume)
+        trainer.train(resume_from_checkpoint=resume)
+        if not any(e.get("step") == steps and "eval_loss" in e for e in trainer.state.log_history):
+            trainer.evaluate()  # the final point of every curve is an evaluation
+        trainer.save_state()
+        return trainer
+
+    def train(self, job: Job, teachers: list[str], save_every: int | None, progress: bool) -> RunOutcome:
+        tr = self.train_one(Path(job.run_dir), job.steps, job.seed, teachers, job.variant, progress=progress,
+                            save_every=save_every, report_to=self.report_to)
+        return RunOutcome(tr.teacher_forwards, tr.state.log_history)
+
+    def has_checkpoint(self, run_dir: Path) -> bool:
+        return latest_complete_checkpoint(run_dir) is not None
+
+    # -- teachers ---------------------------------------------------------------------------------------------
+    def teacher_key(self, name: str) -> list:
+        # Only what shapes the teacher goes into the key, so tuning the students' KD knobs reuses it.
+        steps, seed = teacher_steps(self.preset)[name]
+        return [{k: getattr(self.preset, k) for k in TEACHER_KEY_FIELDS}, steps, seed, self.corpus.fingerprint]
+
+    def teacher_folder(self, name: str) -> Path:
+        # causal-LM teachers are kept apart from the MLM ones
+        kind = "clm_teachers" if self.task == "clm" else "teachers"
+        return cache_folder(cache_root(), kind, name, self.teacher_key(name))
+
+    def teacher_steps_to_train(self, name: str) -> int:
+        if self.preset.recycled_teacher and name == "good":
+            return 0
+        return 0 if (self.teacher_folder(name) / "teacher.json").is_file() else teacher_steps(self.preset)[name][0]
+
+    def peek_teacher(self, name: str) -> TeacherRecord | None:
+        if self.preset.recycled_teacher and name == "good":
+            return None  # its record holds its quality on this corpus: an evaluation away
+        return peek_cached_teacher(self.teacher_folder(name))
+
+    def ensure_teacher(self, name: str, progress: bool) -> TeacherRecord:
+        """Train a text teacher once, cached by (what shapes it, corpus); or evaluate the preset's recycled one."""
+        p = self.preset
+        if p.recycled_teacher and name == "good":
+            return TeacherRecord(p.recycled_teacher, self.recycled_teacher_meta())
+        steps, seed = teacher_steps(p)[name]
+
+        def train(folder: Path) -> dict:
+            trainer = self.train_one(folder, steps, seed, progress=progress, eval_every=max(p.eval_every, steps // 6))
+            trainer.save_model()
+            return {"steps": steps, "seed": seed, "gpu_hours": trainer.cost_callback.meter.gpu_hours,
+                    "final_quality": [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e][-1]}
+
+        return cached_teacher(self.teacher_folder(name), name, train)
+
+    def _auto_class(self):
+        return transformers.AutoModelForCausalLM if self.task == "clm" else transformers.AutoModelForMaskedLM
+
+    def recycled_teacher_meta(self) -> dict:
+        """A pretrained teacher's quality on this validation set (its training cost is sunk: not ours)."""
+        p = self.preset
+        model = load_pretrained(p.recycled_teacher, self._auto_class())
+        with tempfile.TemporaryDirectory() as tmp:
+            args = self.args(Path(tmp), 1, 0)
+            trainer = DistillationTrainer(
+                model=model, args=args, eval_dataset=self.corpus.val, processing_class=self.corpus.tokenizer,
+                data_collator=text_collator(self.task, self.corpus.tokenizer, self.data_args(), args),
+                compute_metrics=next_token_accuracy if self.task == "clm" else mlm_accuracy)
+            metrics = trainer.evaluate()
+        return {"steps": "recycled", "seed": None, "gpu_hours": 0.0, "source": p.recycled_teacher,
+                "final_quality": metrics["eval_loss"], "final_accuracy": metrics.get("eval_accuracy")}
+
+    # -- calibration ------------------------------------------------------------------------------------------
+    def teacher_config(self, name: str, student: torch.nn.Module) -> transformers.PretrainedConfig:
+        """The config teacher ``name`` has: a recycled one's own, else the student's (teachers are trained at the
+        preset's size)."""
+        if self.preset.recycled_teacher and name == "good":
+            return transformers.AutoConfig.from_pretrained(self.preset.recycled_teacher)
+        return student.config
+
+    def measure_step_costs(self, kinds: list[str], rounds: int = 5, steps_per_round: int = 3) -> Calibration:
+        """Per-step costs with teachers of the real teachers' configs (random weights: a forward costs the same
+        whatever the weights are), so a KD step is charged what the run pays for its teacher forwards."""
+        with tempfile.TemporaryDirectory() as tmp:
+            transformers.set_seed(0)
+            probe = self.trainer(Path(tmp) / "probe", 1, 0)
+            student = probe.model
+            names = teachers_per_kind(kinds)
+            configs = {n: self.teacher_config(n, student) for n in {t for ts in names.values() for t in ts}}
+            teachers = {n: self._auto_class().from_config(copy.deepcopy(c)) for n, c in configs.items()}
+            batches = _batches(self.corpus, probe.data_collator, self.preset.batch_size, 4)
+            steppers = {k: self._stepper(Path(tmp), student, [teachers[n] for n in names[k]], k) for k in kinds}
+            params = {k: sum(p.numel() for n in names[k] for p in teachers[n].parameters()) for k in kinds}
+            return time_step_kinds(steppers, batches, kinds, params, rounds, steps_per_round)
+
+    def _stepper(self, folder: Path, student, teachers: list, kind: str):
+        """One optimizer step of ``kind`` for the calibration, through the run's own ``compute_loss``."""
+        model = copy.deepcopy(student).train()
+        # A post-cutoff step releases its teachers (moves them off the accelerator): give it copies of its own.
+        ts = [copy.deepcopy(t) for t in teachers] if kind == "post" else teachers
+        v = Variant(kind, ("good",) * len(ts), 0.5 if kind == "post" else None)
+        trainer = self.trainer(folder / kind, 1000, 0, ts, v, student=model)
+        trainer.state.max_steps = 1000
+        trainer.state.global_step = 999 if kind == "post" else 0
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def step(batch: dict) -> None:
+            batch = {k: v.to(trainer.args.device) for k, v in batch.items()}
+            # a causal LM's trainer counts its next-token positions itself (None); the MLM one gets the masked count
+            n = None if self.task == "clm" else (batch["labels"] != -100).sum()
+            with trainer.autocast_smart_context_manager():  # bf16 where training uses it
+                loss = trainer.compute_loss(model, batch, num_items_in_batch=n)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        return step
+
+    def results_extra(self) -> dict:
+        stats = dict(self.corpus.stats)
+        if stats.get("train_sequences"):
+            stats["epochs_per_student"] = self.preset.steps * self.preset.batch_size / stats["train_sequences"]
+        return {"corpus_stats": stats,
+                "regime": {"unigram_entropy": unigram_entropy(self.corpus.val, self.corpus.tokenizer, self.task)}}
 
 
-def teacher_steps_to_train(name: str, p: TinyPreset, corpus: Corpus) -> int:
-    """Steps this teacher still needs: 0 when recycled or already cached."""
-    if p.recycled_teacher and name == "good":
-        return 0
-    done = (cache_folder(teacher_kind(p), name, teacher_key(name, p, corpus)) / "teacher.json").is_file()
-    return 0 if done else teacher_steps(p)[name][0]
+def _batches(corpus: Corpus, collator, batch_size: int, n: int) -> list[dict]:
+    import itertools
 
-
-def recycled_teacher_meta(p: TinyPreset, corpus: Corpus) -> dict:
-    """A pretrained teacher's quality on this validation set (its training cost is sunk: not ours)."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = trainer_for(p, corpus, load_teacher(p.recycled_teacher, p.task), (),
-                              training_args(p, Path(tmp), 1, 0, report_progress=False))
-        metrics = trainer.evaluate()
-    return {"steps": "recycled", "seed": None, "gpu_hours": 0.0, "source": p.recycled_teacher,
-            "final_quality": metrics["eval_loss"], "final_accuracy": metrics.get("eval_accuracy")}
-
-
-def load_teacher(path: str, task: str = "mlm"):
-    auto = transformers.AutoModelForCausalLM if task == "clm" else transformers.AutoModelForMaskedLM
-    return auto.from_pretrained(path)
-
-
-def run_dir_for(v: Variant, steps: int, seed: int, out: Path, baseline_dir: Path | None = None) -> Path:
-    """``out/runs/<variant>-seed<i>``; runs without teachers go to ``baseline_dir`` (when given) by step count,
-    where protocols with other budgets find and reuse them (the regime study's cells share one)."""
-    if baseline_dir is not None and not v.teachers:
-        return baseline_dir / f"baseline-{steps}steps-seed{seed}"
-    return out / "runs" / f"{v.name}-seed{seed}"
-
-
-def plan_jobs(p: TinyPreset, vs: list[Variant], seeds: int, out: Path, baseline_dir: Path | None = None) -> list:
-    """Teachers first, then the longest trainings first (so parallel workers finish together)."""
-    from .jobs import Job
-
-    order = list(teacher_steps(p))
-    needed = sorted({t for v in vs for t in v.teachers}, key=order.index)
-    jobs = [Job(n, steps=teacher_steps(p)[n][0]) for n in needed]
-    steps = {v.name: int(round(p.steps * v.budget)) for v in vs}
-    runs = [Job(v.name, seed, steps[v.name], v, str(run_dir_for(v, steps[v.name], seed, out, baseline_dir)),
-                tuple(v.teachers)) for seed in range(seeds) for v in vs]
-    same = [(a.name, b.name) for i, a in enumerate(runs) for b in runs[i + 1:] if a.run_dir == b.run_dir]
-    if same:  # two parallel trainings into one folder would corrupt it
-        raise UserError(f"variants {same[0][0]} and {same[0][1]} are both a {steps[same[0][0]]}-step baseline: "
-                        "expected frontier budgets that round to distinct step counts")
-    return jobs + sorted(runs, key=lambda j: (bool(j.needs), -j.steps))
-
-
-def run_tiny(output_dir: str, corpus_path: str | None = None, seeds: int = 1, preset: TinyPreset | None = None,
-             only: list[str] | None = None, full: bool = True, workers: int = 1, threads: int = 1,
-             calibrate: bool = True, report_to: str = "none", baseline_dir: str | None = None) -> dict:
-    """Run the protocol (resumable: finished runs are reused); returns the results dict (also in ``output_dir``).
-
-    ``report_to``: the students' Trainer tracker(s) (``"tensorboard"``, ``"wandb"``, ...; one run each).
-    ``baseline_dir``: a folder of runs without teachers shared with other protocols (see :func:`run_dir_for`)."""
-    from .calibrate import kinds_for, load_or_measure, measure_step_costs
-    from .jobs import Context, execute, log_plan
-    from .report import write_report
-
-    p = preset or TinyPreset()
-    vs = select_variants(p, only, full)
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    corpus = load_corpus(p, corpus_path)
-    ctx = Context(p, corpus, save_every=2 * p.eval_every, key={"preset": preset_key(p), "corpus": corpus.fingerprint},
-                  report_to=report_to)
-    jobs = plan_jobs(p, vs, seeds, out, Path(baseline_dir) if baseline_dir else None)
-    calibration = None
-    if calibrate:
-        kinds = kinds_for([{"teachers": v.teachers, "selection": v.selection, "kd_stop_ratio": v.kd_stop_ratio}
-                           for v in vs])
-        torch.set_num_threads(threads)
-        calibration = load_or_measure(out / "calibration.json", {**ctx.key, "kinds": kinds, "threads": threads},
-                                      lambda: measure_step_costs(p, corpus, kinds))
-    if calibration:
-        log_plan(jobs, calibration, workers, sum(teacher_steps_to_train(j.name, p, corpus) for j in jobs
-                                                 if j.variant is None))
-    if workers > 1:
-        save_corpus(corpus, out / "corpus")
-        ctx = Context(p, None, str(out / "corpus"), ctx.save_every, ctx.key, report_to)
-    teachers, runs = execute(jobs, ctx, workers, threads)
-    names = [v.name for v in vs]
-    runs.sort(key=lambda r: (r["seed"], names.index(r["variant"])))
-    results = {"preset": asdict(p), "corpus": corpus.name, "corpus_stats": corpus.stats,
-               "regime": {"unigram_entropy": unigram_entropy(corpus.val, corpus.tokenizer.pad_token_id)}, "calibration": calibration,
-               "teachers": {n: t["meta"] for n, t in teachers.items()}, "runs": runs}
-    return write_report(results, out, "clm" if p.task == "clm" else "text")
+    rows = list(itertools.islice(iter(corpus.train), batch_size * n))  # works for a stream too
+    rows = [rows[i % len(rows)] for i in range(batch_size * n)]
+    keep = ("input_ids", "attention_mask", "token_type_ids", "special_tokens_mask")
+    return [collator([{k: r[k] for k in keep if k in r} for r in rows[i * batch_size:(i + 1) * batch_size]])
+            for i in range(n)]

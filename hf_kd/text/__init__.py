@@ -3,8 +3,9 @@
 Holds ``DistillationTrainer`` (``trainer``; its objectives in ``objective``, ``mlm_objective``, ``clm_objective``,
 the teacher side in ``teacher_targets``, task detection in ``task``, loss rows in ``rows``, causal-LM positions and
 hidden-state capture in ``clm``) and its arguments (``config``, ``script_args``), the sparse MLM head (``sparse_head``), data loading
-and the built-in corpus (``data``, ``corpus``), resumable masking (``masking``), student presets (``models``) and
-the pretraining job behind ``run_mlm_kd.py`` / ``run_clm_kd.py`` (``pretrain``) and its model card (``card``).
+and the built-in corpus with resumable masking (``data``, ``corpus``), student presets (``models``) and the
+pretraining factory behind ``run_mlm_kd.py``, ``run_clm_kd.py`` and ``hf-kd reproduce`` (``pretrain``) and its
+model card (``card``).
 
 May import: ``hf_kd.core`` and ``hf_kd.text``. Never ``hf_kd.vision`` or ``hf_kd.reproduce``.
 """

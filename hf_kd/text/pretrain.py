@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from transformers import AutoTokenizer, DataCollatorForLanguageModeling, set_seed
+from transformers import AutoTokenizer, DataCollatorForLanguageModeling, PreTrainedTokenizerBase, set_seed
 
 from ..core.cache_format import TeacherCacheError
 from ..core.checkpointing import checkpoint_problem, latest_complete_checkpoint, refuse_nonempty_output_dir
@@ -23,6 +24,7 @@ from .config import DistillationTrainingArguments
 from .data import (
     DataError,
     ResumableMLMCollator,
+    Split,
     cap,
     load_raw_splits,
     text_sample,
@@ -114,6 +116,76 @@ def load_tokenizer(model_args: ModelArguments, train_raw, column: str):
     return train_wordpiece_tokenizer(text_sample(train_raw, column), model_args.vocab_size)
 
 
+@dataclass
+class TextData:
+    """What a text run trains and evaluates on: the tokenizer and the chunked (not yet masked) splits."""
+
+    tokenizer: PreTrainedTokenizerBase
+    train: Split
+    val: Split
+
+
+def _tokenizer(model_args: ModelArguments, data_args: DataArguments, args: DistillationTrainingArguments, train_raw):
+    """The teacher's tokenizer (KD needs its ids), the named one, or one trained here on the training text."""
+    tokenizer = teacher_tokenizer_for_student(model_args, args.teacher_model_name_or_path, args.teacher_trust_remote_code)
+    return tokenizer if tokenizer is not None else load_tokenizer(model_args, train_raw, data_args.text_column_name)
+
+
+def _tokenize(data_args: DataArguments, args: DistillationTrainingArguments, tokenizer, train_raw, val_raw) -> TextData:
+    col, n = data_args.text_column_name, data_args.preprocessing_num_workers
+    with args.main_process_first(desc="tokenizing"):
+        train = cap(tokenize_and_chunk(train_raw, tokenizer, col, data_args.max_seq_length, n), data_args.max_train_samples)
+        val = cap(tokenize_and_chunk(val_raw, tokenizer, col, data_args.max_seq_length, n, what="validation data"),
+                  data_args.max_eval_samples)
+    return TextData(tokenizer, train, val)
+
+
+def prepare_text_data(model_args: ModelArguments, data_args: DataArguments,
+                      args: DistillationTrainingArguments) -> TextData:
+    """Raw splits -> tokenizer (the teacher's, the named one, or one trained here) -> fixed-length chunks."""
+    train_raw, val_raw = load_raw_splits(data_args)
+    return _tokenize(data_args, args, _tokenizer(model_args, data_args, args, train_raw), train_raw, val_raw)
+
+
+def new_student(model_args: ModelArguments, data_args: DataArguments, args: DistillationTrainingArguments,
+                tokenizer, task: str = "mlm"):
+    """A student initialised from ``args.seed``, checked against the sequence length and the vocabulary."""
+    set_seed(args.seed)  # the Trainer seeds only once built: a from-scratch student must not get random init
+    student = build_student(model_args, tokenizer, allow_pickle=args.allow_pickle_weights, task=task)
+    check_seq_length(student, data_args.max_seq_length)
+    check_vocab_fits(student, tokenizer)
+    return student
+
+
+def text_collator(task: str, tokenizer, data_args: DataArguments, args: DistillationTrainingArguments):
+    """The batch collator of a text run: next-token labels (``clm``) or masks drawn from (seed, batch) (``mlm``)."""
+    if task == "clm":
+        return DataCollatorForLanguageModeling(tokenizer, mlm=False)  # labels = input_ids, padding -100
+    # masks drawn from (seed, batch) rather than the global RNG, so a resumed run is bit-identical
+    return ResumableMLMCollator(tokenizer, mlm_probability=data_args.mlm_probability,
+                                seed=args.data_seed if args.data_seed is not None else args.seed)
+
+
+def trainer_for_data(model_args: ModelArguments, data_args: DataArguments, args: DistillationTrainingArguments,
+                     data: TextData, teacher_model=None, callbacks=None, task: str = "mlm",
+                     student=None) -> DistillationTrainer:
+    """A fresh student (seeded by ``args.seed``), the collator and the teachers on ``data`` -> a ready trainer.
+
+    Separate from :func:`build_trainer` so that many runs on one corpus (``hf-kd reproduce``) tokenize it once
+    and still build everything else exactly as the scripts do. ``student``: an already-built one instead (the
+    reproduce calibration times copies of one student; :func:`build_trainer` builds it before tokenizing).
+    """
+    if student is None:
+        student = new_student(model_args, data_args, args, data.tokenizer, task)
+    if args.teacher_model_name_or_path is None and teacher_model is None and args.kd_teacher_cache is None:
+        logger.info("no teacher: this is a no-KD baseline run")
+    return DistillationTrainer(model=student, teacher_model=teacher_model, args=args, train_dataset=data.train,
+                               eval_dataset=data.val, data_collator=text_collator(task, data.tokenizer, data_args, args),
+                               processing_class=data.tokenizer,
+                               compute_metrics=next_token_accuracy if task == "clm" else mlm_accuracy,
+                               callbacks=callbacks)
+
+
 def build_trainer(model_args: ModelArguments, data_args: DataArguments, args: DistillationTrainingArguments,
                   teacher_model=None, callbacks=None, task: str = "mlm") -> DistillationTrainer:
     """Data, tokenizer, student and teachers -> a ready ``DistillationTrainer`` (nothing trained yet).
@@ -122,29 +194,10 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, args: Di
     next-token labels; no randomness in the collator, so resume is exact too).
     """
     train_raw, val_raw = load_raw_splits(data_args)
-    tokenizer = teacher_tokenizer_for_student(model_args, args.teacher_model_name_or_path, args.teacher_trust_remote_code)
-    if tokenizer is None:
-        tokenizer = load_tokenizer(model_args, train_raw, data_args.text_column_name)
-    set_seed(args.seed)  # the Trainer seeds only once built: a from-scratch student must not get random init
-    student = build_student(model_args, tokenizer, allow_pickle=args.allow_pickle_weights, task=task)
-    check_seq_length(student, data_args.max_seq_length)
-    check_vocab_fits(student, tokenizer)
-    col, n = data_args.text_column_name, data_args.preprocessing_num_workers
-    with args.main_process_first(desc="tokenizing"):
-        train = cap(tokenize_and_chunk(train_raw, tokenizer, col, data_args.max_seq_length, n), data_args.max_train_samples)
-        val = cap(tokenize_and_chunk(val_raw, tokenizer, col, data_args.max_seq_length, n, what="validation data"),
-                  data_args.max_eval_samples)
-    if task == "clm":
-        collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)  # labels = input_ids, padding -100
-    else:  # masks drawn from (seed, batch) rather than the global RNG, so a resumed run is bit-identical
-        collator = ResumableMLMCollator(tokenizer, mlm_probability=data_args.mlm_probability,
-                                        seed=args.data_seed if args.data_seed is not None else args.seed)
-    if args.teacher_model_name_or_path is None and teacher_model is None and args.kd_teacher_cache is None:
-        logger.info("no teacher: this is a no-KD baseline run")
-    return DistillationTrainer(model=student, teacher_model=teacher_model, args=args, train_dataset=train,
-                               eval_dataset=val, data_collator=collator, processing_class=tokenizer,
-                               compute_metrics=next_token_accuracy if task == "clm" else mlm_accuracy,
-                               callbacks=callbacks)
+    tokenizer = _tokenizer(model_args, data_args, args, train_raw)
+    student = new_student(model_args, data_args, args, tokenizer, task)  # a misfit fails before tokenizing
+    data = _tokenize(data_args, args, tokenizer, train_raw, val_raw)
+    return trainer_for_data(model_args, data_args, args, data, teacher_model, callbacks, task, student=student)
 
 
 def run_pretraining(model_args: ModelArguments, data_args: DataArguments, args: DistillationTrainingArguments,

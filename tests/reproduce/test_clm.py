@@ -14,33 +14,19 @@ from hf_kd.cli import main as cli_main
 from hf_kd.reproduce import text
 from hf_kd.reproduce.findings import findings
 from hf_kd.reproduce.presets import CLM_TINY, apply_overrides, scale_steps
+from hf_kd.reproduce.protocol import RunRecord
 from hf_kd.reproduce.report import METRICS, speedups, write_report
+from hf_kd.reproduce.run import run_protocol
 from tests.support.data import write_tiny_corpus
+from tests.support.reproduce import Interrupt, SpyBackend
 
 OVERRIDES = ["vocab_size=200", "max_seq_length=32", "batch_size=4", "eval_every=30", "frontier=0.5"]
-
-
-class _Interrupt(transformers.TrainerCallback):
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == 6 and "kd_full" in args.output_dir:
-            raise KeyboardInterrupt
 
 
 @pytest.fixture
 def corpus_file(tmp_path, monkeypatch):
     corpus = write_tiny_corpus(tmp_path, monkeypatch, "the model reads text and learns to predict the next word from the words before it")
     return str(corpus)
-
-
-def _spy(monkeypatch):
-    """Record every training (run folder name) and the class of every model a trainer is built for."""
-    calls, models = [], []
-    real_train, real_trainer_for = text.train_one, text.trainer_for
-    monkeypatch.setattr(text, "train_one", lambda p, c, out, *a, **k: calls.append(Path(out).name)
-                        or real_train(p, c, out, *a, **k))
-    monkeypatch.setattr(text, "trainer_for", lambda p, c, model, *a, **k: models.append(type(model).__name__)
-                        or real_trainer_for(p, c, model, *a, **k))
-    return calls, models
 
 
 def _hand_next_token_loss(model, val) -> float:
@@ -52,39 +38,28 @@ def _hand_next_token_loss(model, val) -> float:
 
 
 @pytest.mark.slow
-def test_clm_protocol_end_to_end_resumes_and_reuses(corpus_file, tmp_path, monkeypatch):
+def test_clm_protocol_end_to_end_resumes_and_reuses(corpus_file, tmp_path):
     out = str(tmp_path / "out")
     argv = ["reproduce", "--task", "clm", "--corpus", corpus_file, "--override", *OVERRIDES, "--steps", "8",
             "--seeds", "1", "--workers", "1", "--only", "kd_full", "--output_dir", out]
     p = scale_steps(apply_overrides(CLM_TINY, OVERRIDES), 8)  # what the CLI runs
     assert (p.task, p.eval_every, p.good_teacher_steps) == ("clm", 2, 24)
-    calls, models = _spy(monkeypatch)
-    real_trainer_for = text.trainer_for
-    monkeypatch.setattr(text, "trainer_for", lambda *a, **k: _with_interrupt(real_trainer_for, *a, **k))
+    spy = SpyBackend(p, corpus_file, interrupt=Interrupt("kd_full", 6))
     with pytest.raises(KeyboardInterrupt):  # Ctrl-C during kd_full, after its checkpoint at step 4
-        text.run_tiny(out, corpus_file, seeds=1, preset=p, only=["kd_full"], calibrate=False)
-    assert calls[0].startswith("good-") and calls[1:] == ["baseline-seed0", "baseline_0.5x-seed0", "kd_full-seed0"]
+        run_protocol(spy, out, seeds=1, only=["kd_full"], calibrate=False)
+    assert spy.trained[0].startswith("good-") and spy.trained[1:] == ["baseline-seed0", "baseline_0.5x-seed0",
+                                                                      "kd_full-seed0"]
     assert (Path(out) / "runs" / "kd_full-seed0" / "checkpoint-4").is_dir()
+    assert set(spy.models) == {"GPT2LMHeadModel"}
 
-    monkeypatch.setattr(text, "trainer_for", real_trainer_for)
-    resumed = []
-    real_train = transformers.Trainer.train
-    monkeypatch.setattr(transformers.Trainer, "train",
-                        lambda self, resume_from_checkpoint=None, **k: resumed.append(resume_from_checkpoint)
-                        or real_train(self, resume_from_checkpoint=resume_from_checkpoint, **k))
-    calls.clear(), models.clear()
-    assert cli_main(argv) == 0
-    assert calls == ["kd_full-seed0"] and resumed[0].endswith("checkpoint-4")  # teacher and baselines reused
-    # the calibration timed causal-LM steps (it builds its trainers through trainer_for too), then kd_full trained one
-    assert set(models) == {"GPT2LMHeadModel"} and len(models) > 1
-
+    assert cli_main(argv) == 0  # the CLI resumes kd_full; the teacher and the baselines are reused
     res = json.loads((Path(out) / "results.json").read_text())
-    assert res["metric"]["label"] == "held-out next-token loss" and res["preset"]["task"] == "clm"
+    assert res["task"] == "clm" and res["metric"]["label"] == "held-out next-token loss" and res["preset"]["task"] == "clm"
     assert set(res["calibration"]["kinds"]) == {"base", "kd1"}
     kd = next(r for r in res["runs"] if r["variant"] == "kd_full")
     assert kd["teacher_forwards"] == 8 and [e["step"] for e in kd["log_history"] if "eval_loss" in e] == [2, 4, 6, 8]
     # quality = held-out next-token loss: the cached teacher's recorded loss is the hand-computed one
-    corpus = text.load_corpus(p, corpus_file)
+    corpus = spy.corpus
     (folder,) = (tmp_path / "cache" / "clm_teachers").iterdir()
     teacher = transformers.AutoModelForCausalLM.from_pretrained(folder)
     assert type(teacher).__name__ == "GPT2LMHeadModel"
@@ -97,17 +72,11 @@ def test_clm_protocol_end_to_end_resumes_and_reuses(corpus_file, tmp_path, monke
     md = (Path(out) / "results.md").read_text()
     assert "held-out next-token loss" in md and "next tokens' own frequencies" in md and "| kd_full |" in md
 
-    calls.clear()
-    assert cli_main(argv) == 0
-    assert calls == []  # everything finished: nothing is retrained
-    mlm = replace(p, task="mlm")  # the same sizes as an MLM protocol: its teachers and runs are never mistaken for these
-    assert text.teacher_kind(mlm) != text.teacher_kind(p) and text.preset_key(mlm) != text.preset_key(p)
-
-
-def _with_interrupt(real, *a, **k):
-    trainer = real(*a, **k)
-    trainer.add_callback(_Interrupt())
-    return trainer
+    spy = SpyBackend(p, corpus_file)
+    run_protocol(spy, out, seeds=1, only=["kd_full"], calibrate=False)
+    assert spy.trained == []  # everything finished: nothing is retrained
+    mlm = SpyBackend(replace(p, task="mlm"), corpus_file)  # same sizes as an MLM protocol: never mistaken
+    assert mlm.teacher_folder("good").parent != spy.teacher_folder("good").parent and mlm.key != spy.key
 
 
 def _run(variant, losses, role="student", seed=0, teachers=()):
@@ -116,7 +85,7 @@ def _run(variant, losses, role="student", seed=0, teachers=()):
         log.append({"loss": loss, "gpu_hours": i * 10.0, "step": i * 10})
         log.append({"eval_loss": loss, "eval_accuracy": 1 / loss, "gpu_hours": i * 10.0, "step": i * 10})
     return {"variant": variant, "role": role, "seed": seed, "steps": len(losses) * 10, "teacher_forwards": 0,
-            "teachers": list(teachers), "kd_stop_ratio": None, "selection": "mean", "log_history": log}
+            "teachers": list(teachers), "kd_stop_ratio": None, "selection": "mean", "log_history": log, "run_dir": ""}
 
 
 def test_clm_report_shares_the_mlm_speedups_and_verdicts(tmp_path):
@@ -128,10 +97,11 @@ def test_clm_report_shares_the_mlm_speedups_and_verdicts(tmp_path):
                       seed=seed),
                  _run("kd_full", [5.6 + d, 5.0 + d, 4.9 + d, 4.8 + d], seed=seed, teachers=("good",))]
     results = {"corpus": "c", "runs": runs, "teachers": {}, "regime": {"unigram_entropy": 6.2}}
-    clm = write_report(json.loads(json.dumps(results)), tmp_path, "clm", write=False)
-    mlm = write_report(json.loads(json.dumps(results)), tmp_path, "text", write=False)
-    assert clm["summary"] == mlm["summary"] == speedups(runs, METRICS["clm"])
-    assert clm["findings"] == mlm["findings"] == findings(speedups(runs, METRICS["clm"]), METRICS["clm"])
+    clm = write_report(json.loads(json.dumps({**results, "task": "clm"})), tmp_path, write=False)
+    mlm = write_report(json.loads(json.dumps({**results, "task": "mlm"})), tmp_path, write=False)
+    table = speedups([RunRecord.from_dict(r) for r in runs], METRICS["clm"])
+    assert clm["summary"] == mlm["summary"] == {n: row.to_dict() for n, row in table.items()}
+    assert clm["findings"] == mlm["findings"] == findings(table, METRICS["clm"])
     assert clm["findings"][0]["verdict"] == "REPRODUCED"  # 1.5x in every seed
     assert "held-out next-token loss" in clm["markdown"] and "held-out MLM loss" in mlm["markdown"]
 
@@ -150,7 +120,7 @@ def test_verdict_rule_is_defined_once():
 
 @pytest.mark.parametrize("argv, needle", [
     (["reproduce", "--task", "clm", "--preset", "gpu-small"], "--preset 'gpu-small' with --task clm is invalid"),
-    (["reproduce", "--task", "audio"], "task='audio' is invalid: expected one of ('text', 'clm', 'vision')")])
+    (["reproduce", "--task", "audio"], "task='audio' is invalid: expected one of ('mlm', 'clm', 'vision', 'text')")])
 def test_clm_cli_bad_input(argv, needle, capsys, tmp_path):
     # tiny flags: were the check ever lost, this would train a little instead of the whole protocol
     out = tmp_path / "never-written"
@@ -163,4 +133,4 @@ def test_help_lists_tasks_and_presets(capsys):
     with pytest.raises(SystemExit):
         cli_main(["reproduce", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "{text,clm,vision}" in out and "{tiny,gpu-small,bert-base-c4}" in out
+    assert "{mlm,clm,vision,text}" in out and "{tiny,gpu-small,bert-base-c4}" in out

@@ -24,7 +24,7 @@ def _report(tmp_path):
         runs += [_run("baseline", [6.0, 5.5, 5.0 + s / 100], s), _run("baseline_2x", [6, 5.6, 5.3, 5.1, 4.9, 4.7], s,
                                                                         role="frontier"),
                  _run("kd_full", [5.6, 5.1, 4.8 + s / 50], s, teachers=("good",))]
-    results = {"corpus": "synthetic", "teachers": {"good": {"steps": 90, "gpu_hours": 0.1, "final_quality": 4.5}},
+    results = {"task": "mlm", "corpus": "synthetic", "teachers": {"good": {"steps": 90, "gpu_hours": 0.1, "final_quality": 4.5}},
                "regime": {"unigram_entropy": 6.2}, "calibration": {"relative": {"base": 1.0, "kd1": 1.3},
                                                                    "rounds": 5, "threads": 1}, "runs": runs}
     write_report(results, tmp_path)
@@ -36,6 +36,19 @@ def test_rerender_check_accepts_a_report_that_follows_from_its_logs(tmp_path, ca
     assert "6.2000 nats" in md.read_text() and "teacher `good`" in md.read_text()
     assert cli_main(["reproduce", "--rerender", "--check", "--output_dir", str(tmp_path)]) == 0
     assert "follows from its run logs" in capsys.readouterr().out
+
+
+def test_rerender_reads_the_task_from_results_json_not_from_a_label(tmp_path, capsys):
+    _report(tmp_path)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    saved["metric"]["label"] = "held-out next-token loss"  # a label is prose: it does not decide the task
+    (tmp_path / "results.json").write_text(json.dumps(saved))
+    assert cli_main(["reproduce", "--rerender", "--check", "--output_dir", str(tmp_path)]) == 0
+    del saved["task"]
+    (tmp_path / "results.json").write_text(json.dumps(saved))
+    assert cli_main(["reproduce", "--rerender", "--check", "--output_dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "names task None" in err[0] and "mlm, clm, vision" in err[0]
 
 
 def test_rerender_check_rejects_an_edited_or_stale_report(tmp_path, capsys):

@@ -7,13 +7,16 @@ from pathlib import Path
 import pytest
 
 from hf_kd.core.errors import UserError
-from hf_kd.reproduce import study, text
+from hf_kd.reproduce import study
 from hf_kd.reproduce.jobs import comparable
+from hf_kd.reproduce.presets import MLM_TINY
+from hf_kd.reproduce.text import preset_key
 from tests.support.data import write_tiny_corpus
+from tests.support.reproduce import SpyBackend
 
 
 def _key(**preset):
-    p = {**text.preset_key(text.TinyPreset()), **preset}
+    p = {**preset_key(MLM_TINY), **preset}
     return {"preset": p, "corpus": "c", "variant": {"name": "baseline", "budget": 1.0, "role": "student"},
             "seed": 0, "steps": 800, "teachers": []}
 
@@ -43,16 +46,15 @@ def corpus(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_study_shares_baselines_across_cells_and_its_report_follows_from_the_logs(corpus, tmp_path, monkeypatch):
     trained = []
-    real = text.train_one
 
-    def counting(p, corpus_, out, steps, seed, teachers=(), *a, **k):
-        trained.append((Path(out).name, steps, seed, bool(teachers)))
-        return real(p, corpus_, out, steps, seed, teachers, *a, **k)
+    class Counting(SpyBackend):
+        def train_one(self, out, steps, seed, teachers=(), *a, **k):
+            trained.append((Path(out).name, steps, seed, bool(teachers)))
+            return super().train_one(out, steps, seed, teachers, *a, **k)
 
-    monkeypatch.setattr(text, "train_one", counting)
-    base = replace(text.TinyPreset(), vocab_size=200, max_seq_length=32, batch_size=4, eval_every=2)
+    base = replace(MLM_TINY, vocab_size=200, max_seq_length=32, batch_size=4, eval_every=2)
     out = tmp_path / "study"
-    res = study.run_study(str(out), seeds=2, workers=1, base=base, scale=0.02, corpus_path=corpus)
+    res = study.run_study(str(out), seeds=2, workers=1, base=base, scale=0.02, corpus_path=corpus, backend_for=Counting)
     grid = study.cells(0.02)
     students = [t for t in trained if t[0] != "good-" and "seed" in t[0]]
     baselines = [t for t in students if not t[3]]
@@ -67,7 +69,7 @@ def test_study_shares_baselines_across_cells_and_its_report_follows_from_the_log
     assert (out / "study.png").is_file() and "| budget | 32 |" in (out / "study.md").read_text()
     # rerun: nothing trained again
     trained.clear()
-    study.run_study(str(out), seeds=2, workers=1, base=base, scale=0.02, corpus_path=corpus)
+    study.run_study(str(out), seeds=2, workers=1, base=base, scale=0.02, corpus_path=corpus, backend_for=Counting)
     assert [t for t in trained if "seed" in t[0]] == []
     assert "follows" in study.check(out)["markdown"]
     md = (out / "study.md").read_text()
@@ -78,7 +80,7 @@ def test_study_shares_baselines_across_cells_and_its_report_follows_from_the_log
 
 def test_unknown_cell_is_refused(tmp_path):
     with pytest.raises(UserError, match="steps9999.*expected some of steps1600"):
-        study.run_study(str(tmp_path), only_cells=["steps9999"])
+        study.run_study(str(tmp_path), only_cells=["steps9999"], backend_for=SpyBackend)
     assert not (tmp_path / "cells").exists()
 
 

@@ -1,0 +1,50 @@
+"""One protocol run for any task: plan, calibrate, train (resumable, reusing finished runs), report.
+
+``hf-kd reproduce`` (and each cell of the regime study) builds a task back end (:mod:`.text`, :mod:`.vision`) and
+hands it to :func:`run_protocol`; nothing here knows which task it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .calibrate import kinds_for, load_or_measure
+from .jobs import Context, execute, log_plan
+from .protocol import TaskBackend, plan_jobs, select_variants
+from .report import write_report
+
+logger = logging.getLogger(__name__)
+
+
+def run_protocol(backend: TaskBackend, output_dir: str, seeds: int = 1, only: list[str] | None = None,
+                 full: bool = True, workers: int = 1, threads: int = 1, calibrate: bool = True,
+                 baseline_dir: str | None = None) -> dict:
+    """Run the protocol (resumable: finished runs are reused); returns the results dict (also in ``output_dir``).
+
+    ``baseline_dir``: a folder of runs without teachers shared with other protocols (see ``protocol.run_dir_for``)."""
+    p = backend.preset
+    vs = select_variants(p.frontier, only, full)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = Context(backend, save_every=2 * p.eval_every)
+    jobs = plan_jobs(p, vs, seeds, out, Path(baseline_dir) if baseline_dir else None)
+    calibration = None
+    if calibrate:
+        kinds = kinds_for(vs)
+        torch.set_num_threads(threads)
+        calibration = load_or_measure(out / "calibration.json", {**backend.key, "kinds": kinds, "threads": threads},
+                                      lambda: backend.measure_step_costs(kinds))
+        log_plan(jobs, ctx, calibration, workers)
+    if workers > 1:
+        ctx = Context(backend.for_workers(out / "corpus"), ctx.save_every, progress=False)
+    teachers, runs = execute(jobs, ctx, workers, threads)
+    names = [v.name for v in vs]
+    runs.sort(key=lambda r: (r.seed, names.index(r.variant)))
+    results = {"task": backend.task, "preset": asdict(p), "corpus": backend.data_name, **backend.results_extra(),
+               "calibration": calibration.to_dict() if calibration else None,
+               "teachers": {n: t.meta for n, t in teachers.items()}, "runs": [r.to_dict() for r in runs]}
+    return write_report(results, out)
