@@ -24,6 +24,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from hf_kd.core.step_costs import charged_steps, kd_step_cost
+
 KINDS_HELP = "base=COST,kd=COST[,kd2=COST,post=COST] or a calibration.json of hf-kd reproduce"
 
 
@@ -35,7 +37,7 @@ class StepCosts:
     source: str
 
     def kd(self, teachers: int) -> float:
-        cost = self.relative.get(f"kd{teachers}", self.relative.get("kd"))
+        cost = kd_step_cost(self.relative, teachers)
         if cost is None:
             raise ValueError(f"--step_costs {self.source!r} has no cost for a KD step with {teachers} teacher(s); "
                              f"expected kd=COST (every KD step) or kd{teachers}=COST")
@@ -88,10 +90,9 @@ class RunSteps:
 
     def cost(self, step: float, costs: StepCosts) -> float:
         """Baseline steps charged for the run's first ``step`` optimizer steps."""
-        if not self.teachers:
-            return float(step)
-        kd = min(step, self.kd_stop_step)
-        return kd * costs.kd(self.teachers) + max(0.0, step - kd) * costs.post
+        if self.teachers:
+            costs.kd(self.teachers)  # a calibration without this step kind: one line naming what it lacks
+        return charged_steps(step, self.teachers, self.kd_stop_step, costs.relative)
 
     def describe(self) -> str:
         if not self.teachers:

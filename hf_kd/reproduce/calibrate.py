@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ..core.schedule import resolve_kd_stop_step
+from ..core.step_costs import charged_steps, kd_kind
 from .protocol import Calibration, RunRecord, Variant
 
 logger = logging.getLogger(__name__)
@@ -30,8 +31,7 @@ ENSEMBLE = ("good", "second", "poor")
 
 def step_kind(teachers, selection: str = "mean") -> str:
     """The kind of a run's KD steps: ``kd<k>`` with ``k`` teachers run per step (1 when sampling)."""
-    k = len(teachers) if selection == "mean" else 1
-    return f"kd{k}"
+    return kd_kind(len(teachers) if selection == "mean" else 1)
 
 
 def kinds_for(vs: list[Variant]) -> list[str]:
@@ -52,12 +52,10 @@ def teachers_per_kind(kinds: list[str]) -> dict[str, tuple[str, ...]]:
 
 def calibrated_cost(run: RunRecord, step: float, calibration: Calibration) -> float:
     """Cost of ``run``'s first ``step`` steps in baseline-step units (``calibration.relative``)."""
-    rel = calibration.relative
     if not run.teachers:
-        return step * rel["base"]
-    stop = resolve_kd_stop_step(run.steps, run.kd_stop_ratio)
-    kd, post = min(step, stop), max(0.0, step - stop)
-    return kd * rel[step_kind(run.teachers, run.selection or "mean")] + post * rel.get("post", rel["base"])
+        return charged_steps(step, 0, 0, calibration.relative)
+    per_step = len(run.teachers) if (run.selection or "mean") == "mean" else 1
+    return charged_steps(step, per_step, resolve_kd_stop_step(run.steps, run.kd_stop_ratio), calibration.relative)
 
 
 def time_step_kinds(steppers: dict[str, Callable], batches: list, kinds: list[str], teacher_parameters: dict[str, int],
