@@ -275,3 +275,14 @@ def test_a_diverged_log_line_stops_the_run(tmp_path, capsys):
             "--logging_steps", "2", "--disable_tqdm"]
     assert run_cli(lambda: run_resnet_kd.main(argv)) == 1
     assert "the training loss became NaN/inf before step 2" in capsys.readouterr().err  # at the log line
+
+
+def test_resume_true_and_its_errors_are_those_of_the_text_scripts(tmp_path, capsys):
+    """``--resume_from_checkpoint true`` means ``latest`` for vision too, and the refusal is the text one."""
+    out = tmp_path / "empty"
+    out.mkdir()
+    assert run_cli(lambda: run_resnet_kd.main(["--output_dir", str(out), *TINY, "--max_steps", "1",
+                                                "--resume_from_checkpoint", "true"])) == 2
+    err = capsys.readouterr().err
+    assert f"error: --resume_from_checkpoint true: no complete checkpoint-<step> folder in {str(out)!r}" in err
+    assert not any(out.iterdir())
