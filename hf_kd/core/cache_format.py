@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from .atomic import write_bytes_atomic
 from .errors import UserError
 from .sparse_kd import SparseTargets
 
@@ -134,22 +134,9 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def publish_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: a temporary name, fsync, rename, fsync of the folder. A reader (or a
-    resumed producer) sees the whole file or none."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:  # some filesystems do not open folders; the rename itself is still atomic
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Write ``data`` to ``path`` atomically (:func:`hf_kd.core.atomic.write_bytes_atomic`): a reader (or a resumed
+    producer) sees the whole file or none."""
+    write_bytes_atomic(path, data)
 
 
 def encode_shard(targets: dict[tuple[int, int], SparseTargets], logp_dtype: str) -> bytes:

@@ -101,6 +101,42 @@ def refuse_nonempty_output_dir(output_dir: str | os.PathLike, overwrite: bool) -
                         "--resume_from_checkpoint latest, or another --output_dir")
 
 
+def resolve_resume(output_dir: str | os.PathLike, resume: str | bool | None,
+                   state_file: str = STATE_FILE) -> Path | None:
+    """The verified folder ``--resume_from_checkpoint`` names; ``None`` when not resuming.
+
+    ``latest`` (or ``true``, what the Trainer's own flag accepts) is the newest complete ``checkpoint-<step>`` of
+    ``output_dir``; a path must be a complete checkpoint (:func:`checkpoint_problem`). Every task calls this, so
+    the forms accepted and the error texts are the same for text and vision.
+    """
+    if resume is None or resume is False or str(resume).strip().lower() in ("", "false", "none"):
+        return None
+    if resume is True or str(resume).strip().lower() in ("latest", "true"):
+        found = latest_complete_checkpoint(output_dir, state_file)
+        if found is None:
+            raise UserError(f"--resume_from_checkpoint {resume}: no complete {PREFIX_CHECKPOINT_DIR}-<step> folder in "
+                            f"{str(output_dir)!r}; expected a run folder with a finished checkpoint")
+        return Path(found)
+    path = Path(resume)
+    if not path.exists():
+        raise UserError(f"--resume_from_checkpoint {str(resume)!r} does not exist; expected a "
+                        f"{PREFIX_CHECKPOINT_DIR}-<step> folder or 'latest'")
+    problem = checkpoint_problem(path, state_file)
+    if problem:
+        raise UserError(f"--resume_from_checkpoint {str(resume)!r} is not a complete checkpoint: {problem}; pass "
+                        f"another {PREFIX_CHECKPOINT_DIR}-<step> folder or 'latest'")
+    return path
+
+
+def check_run_dir(output_dir: str | os.PathLike, resume: str | bool | None, overwrite: bool,
+                  state_file: str = STATE_FILE) -> Path | None:
+    """Resolve ``--resume_from_checkpoint`` (see :func:`resolve_resume`); a fresh run refuses a non-empty folder."""
+    resumed = resolve_resume(output_dir, resume, state_file)
+    if resumed is None:
+        refuse_nonempty_output_dir(output_dir, overwrite)
+    return resumed
+
+
 def remove_partials(run_dir: str | os.PathLike) -> None:
     """Delete staging folders a killed save left behind (never picked for resume, but they take space)."""
     for d in Path(run_dir).glob(f"{PARTIAL_PREFIX}{PREFIX_CHECKPOINT_DIR}-*"):

@@ -42,9 +42,9 @@ _GENERIC_USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exception types that always mean "bad input": one line, exit status 2 (imported lazily: they pull torch)."""
     from .hub import HubPushError
-    from .teachers import TeacherLoadError
+    from .teachers import ModelLoadError  # TeacherLoadError included
 
-    return (UserError, DataError, TeacherLoadError, HubPushError)
+    return (UserError, DataError, ModelLoadError, HubPushError)
 
 
 def make_parser(dataclass_types: Sequence[type], prog: str | None = None):

@@ -160,12 +160,10 @@ class CostMeter:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore the accounting; GPU-seconds are taken as saved (never rescaled by today's process count)."""
-        self.train_seconds = float(state.get("train_seconds", 0.0))
-        self.eval_seconds = float(state.get("eval_seconds", 0.0))
-        # Checkpoints from before GPU-seconds existed: their seconds ran on the process count saved with them.
-        saved_processes = max(1, int(state.get("num_processes", self.num_processes)))
-        self.train_gpu_seconds = float(state.get("train_gpu_seconds", self.train_seconds * saved_processes))
-        self.eval_gpu_seconds = float(state.get("eval_gpu_seconds", self.eval_seconds * saved_processes))
+        self.train_seconds = float(state["train_seconds"])
+        self.eval_seconds = float(state["eval_seconds"])
+        self.train_gpu_seconds = float(state["train_gpu_seconds"])
+        self.eval_gpu_seconds = float(state["eval_gpu_seconds"])
         self.teacher_forwards = int(state.get("teacher_forwards", 0))
 
 

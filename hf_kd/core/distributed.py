@@ -93,6 +93,35 @@ def zero3_teacher(teacher: torch.nn.Module, student_config: dict[str, Any], dtyp
     return engine
 
 
+def release_zero3_teacher(engine) -> None:
+    """Destroy a teacher's ZeRO-3 engine (:func:`zero3_teacher`) so that it and its module can be freed.
+
+    ``engine.destroy()`` alone is not enough: every ZeRO-3 engine pushes its top module onto DeepSpeed's
+    module-level ``parameter_offload.FWD_MODULE_STACK`` when it is built and never pops it, and that module's
+    forward hooks hold the engine -- so teacher module and engine would stay alive for the rest of the process.
+    Only this teacher's entry is removed: the student's engine still needs its own. Likewise the parameter
+    coordinator memoises which parameters to release per ``(coordinator, submodule, step)`` in a class-level
+    ``functools.lru_cache``, which holds every teacher submodule (and through its hooks the engine); that cache
+    is cleared -- the student's entries are recomputed from its trace on its next step.
+    """
+    engine.destroy()
+    module = getattr(engine, "module", None)
+    try:
+        from deepspeed.runtime.zero import parameter_offload, partitioned_param_coordinator
+    except ImportError:  # pragma: no cover - an engine exists, so DeepSpeed is installed
+        return
+    stack = getattr(parameter_offload, "FWD_MODULE_STACK", None)
+    if isinstance(stack, list) and module is not None:
+        stack[:] = [m for m in stack if m is not module]
+    coordinator = getattr(partitioned_param_coordinator, "PartitionedParameterCoordinator", None)
+    memo = vars(coordinator).get("_PartitionedParameterCoordinator__params_to_release") if coordinator else None
+    # The lru_cache sits inside DeepSpeed's NVTX wrapper (no functools.wraps): look in the wrapper's closure.
+    for candidate in (memo, *(c.cell_contents for c in (getattr(memo, "__closure__", None) or ()))):
+        if hasattr(candidate, "cache_clear"):
+            candidate.cache_clear()
+            break
+
+
 def teacher_zero3_config(student_config: dict[str, Any], hidden_size: int | None, dtype: torch.dtype | None
                          ) -> dict[str, Any]:
     """The teacher engine's config: the student's stage-3 settings without optimizer or "auto" values.

@@ -25,50 +25,60 @@ logger = logging.getLogger(__name__)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
-class TeacherLoadError(ValueError):
-    """A teacher (or checkpoint) cannot be loaded; the message names the path and what is expected."""
+class ModelLoadError(ValueError):
+    """A model (student or teacher) or a weights file cannot be loaded; the message names the path and what is
+    expected."""
+
+
+class TeacherLoadError(ModelLoadError):
+    """A teacher cannot be loaded, or does not fit the student (task, vocabulary, classes)."""
+
+
+def load_error(what: str) -> type[ModelLoadError]:
+    """The error type for a model loaded as ``what`` (``"teacher"``, ``"student"``, ``"model"``)."""
+    return TeacherLoadError if what == "teacher" else ModelLoadError
 
 
 def load_state_dict_file(path: str | Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
     """Load a state dict from ``.safetensors`` (always) or a pickle file (only with ``allow_pickle``)."""
     p = Path(path)
     if not p.is_file():
-        raise TeacherLoadError(f"weights file {str(p)!r} does not exist; expected a .safetensors file")
+        raise ModelLoadError(f"weights file {str(p)!r} does not exist; expected a .safetensors file")
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         try:
             return load_file(str(p))
         except Exception as e:  # safetensors raises its own error types for truncated headers/data
-            raise TeacherLoadError(
+            raise ModelLoadError(
                 f"weights file {str(p)!r} is not a readable safetensors file ({e}); it may be truncated or corrupted"
             ) from e
     if p.suffix in PICKLE_SUFFIXES:
         if not allow_pickle:
-            raise TeacherLoadError(
+            raise ModelLoadError(
                 f"refusing to unpickle {str(p)!r}: pickle files can run code; convert it to .safetensors or pass "
                 "--allow_pickle_weights to load it with torch.load(weights_only=True)"
             )
         try:
             obj = torch.load(str(p), map_location="cpu", weights_only=True)
         except Exception as e:
-            raise TeacherLoadError(f"could not load {str(p)!r} with torch.load(weights_only=True): {e}") from e
+            raise ModelLoadError(f"could not load {str(p)!r} with torch.load(weights_only=True): {e}") from e
         if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
             obj = obj["state_dict"]
         if not isinstance(obj, dict):
-            raise TeacherLoadError(f"{str(p)!r} holds a {type(obj).__name__}, expected a state dict")
+            raise ModelLoadError(f"{str(p)!r} holds a {type(obj).__name__}, expected a state dict")
         return obj
-    raise TeacherLoadError(f"weights file {str(p)!r} has an unknown suffix; expected .safetensors (or {PICKLE_SUFFIXES})")
+    raise ModelLoadError(f"weights file {str(p)!r} has an unknown suffix; expected .safetensors (or {PICKLE_SUFFIXES})")
 
 
 def check_local_model_dir(path: Path, allow_pickle: bool) -> None:
     """A local model folder must hold a config and safetensors weights (or pickle weights when allowed)."""
     if not (path / "config.json").is_file():
-        raise TeacherLoadError(f"model folder {str(path)!r} has no config.json; expected a save_pretrained() folder")
+        raise ModelLoadError(f"model folder {str(path)!r} has no config.json; expected a save_pretrained() folder")
     safetensors = list(path.glob("*.safetensors"))
     pickles = [f for f in path.iterdir() if f.suffix in PICKLE_SUFFIXES and f.name != "training_args.bin"]
     if not safetensors and pickles and not allow_pickle:
-        raise TeacherLoadError(
+        raise ModelLoadError(
             f"model folder {str(path)!r} has only pickle weights ({pickles[0].name}); refusing to unpickle them. "
             "Convert to safetensors or pass --allow_pickle_weights"
         )
@@ -79,7 +89,7 @@ def check_local_model_dir(path: Path, allow_pickle: bool) -> None:
             with safe_open(str(f), framework="pt") as sf:
                 sf.keys()
         except Exception as e:
-            raise TeacherLoadError(f"{str(f)!r} is not a readable safetensors file ({e}); truncated or corrupted?") from e
+            raise ModelLoadError(f"{str(f)!r} is not a readable safetensors file ({e}); truncated or corrupted?") from e
 
 
 def looks_like_local_path(name: str) -> bool:
@@ -109,10 +119,10 @@ def check_model_reference(name: str, what: str = "teacher") -> None:
     if Path(name).expanduser().exists():
         return
     if looks_like_local_path(name):
-        raise TeacherLoadError(f"{what} {name!r} does not exist: no local folder of that name; expected a local "
+        raise load_error(what)(f"{what} {name!r} does not exist: no local folder of that name; expected a local "
                                "model folder or a Hub id (org/name)")
     if hub_offline() and not in_hub_cache(name):
-        raise TeacherLoadError(f"{what} {name!r}: no local folder of that name exists, and the Hub is offline "
+        raise load_error(what)(f"{what} {name!r}: no local folder of that name exists, and the Hub is offline "
                                "(HF_HUB_OFFLINE is set) with no cached copy of it; expected a local model folder, "
                                "or a Hub id downloaded before")
 
@@ -124,7 +134,7 @@ def load_pretrained(name_or_path: str, auto_class: type, dtype: torch.dtype | No
     p = Path(name_or_path)
     if p.exists():
         if not p.is_dir():
-            raise TeacherLoadError(f"{what} {name_or_path!r} is a file; expected a model folder or a Hub id")
+            raise load_error(what)(f"{what} {name_or_path!r} is a file; expected a model folder or a Hub id")
         check_local_model_dir(p, allow_pickle)
     else:
         check_model_reference(name_or_path, what)
@@ -139,15 +149,15 @@ def load_pretrained(name_or_path: str, auto_class: type, dtype: torch.dtype | No
         reason = str(e).splitlines()[0]
         if "connect" in reason.lower() or "offline" in reason.lower():  # the Hub was the only place left to look
             reason = f"no local folder of that name exists and the Hub was not reachable ({reason})"
-        raise TeacherLoadError(f"could not load {what} {name_or_path!r}: {reason}") from e
+        raise load_error(what)(f"could not load {what} {name_or_path!r}: {reason}") from e
     except ValueError as e:
         if "trust_remote_code" not in str(e):
             raise
         flag = "--teacher_trust_remote_code" if what == "teacher" else "--trust_remote_code"
-        raise TeacherLoadError(f"{what} {name_or_path!r} needs to run its own model code, which is off; expected a "
+        raise load_error(what)(f"{what} {name_or_path!r} needs to run its own model code, which is off; expected a "
                                f"model transformers knows, or pass {flag} if you trust that code") from e
     except pickle.UnpicklingError as e:  # only reachable with allow_pickle: weights_only=True refused an object
-        raise TeacherLoadError(
+        raise load_error(what)(
             f"{what} {name_or_path!r}: torch.load(weights_only=True) refused its pickle weights (they hold objects "
             "other than tensors, which could run code); expected plain tensors, ideally as .safetensors"
         ) from e
@@ -156,7 +166,7 @@ def load_pretrained(name_or_path: str, auto_class: type, dtype: torch.dtype | No
         # e.g. a saved BertModel or classifier loaded as *ForMaskedLM: the head would be random, and KD from
         # a random head silently teaches noise. (A student may start from a bare encoder; a teacher may not.)
         archs = getattr(model.config, "architectures", None) or ["unknown"]
-        raise TeacherLoadError(
+        raise load_error(what)(
             f"teacher {name_or_path!r} has no weights for {len(missing)} parameter(s) of {auto_class.__name__} "
             f"(e.g. {missing[0]}; its architecture is {archs[0]}); expected a complete checkpoint with that head"
         )

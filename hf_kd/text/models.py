@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, BertConfig, GPT2Config, LlamaConfig
 
-from ..core.teachers import TeacherLoadError, load_pretrained, load_tokenizer_of
+from ..core.teachers import ModelLoadError, load_pretrained, load_tokenizer_of
 from .script_args import CLM_PRESETS, MODEL_PRESETS, ModelArguments
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ def build_student(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, allo
         try:
             config = AutoConfig.from_pretrained(args.config_name, trust_remote_code=args.trust_remote_code)
         except OSError as e:
-            raise TeacherLoadError(f"could not load config {args.config_name!r}: {str(e).splitlines()[0]}") from e
+            raise ModelLoadError(f"could not load config {args.config_name!r}: {str(e).splitlines()[0]}") from e
         if task != "clm" or config.vocab_size < len(tokenizer):
             # causal-LM configs (Llama, Qwen) pad the vocabulary past the tokenizer: keep it, so that a teacher
             # of the same family has the very same output size

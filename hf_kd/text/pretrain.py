@@ -12,11 +12,11 @@ import numpy as np
 from transformers import AutoTokenizer, DataCollatorForLanguageModeling, PreTrainedTokenizerBase, set_seed
 
 from ..core.cache_format import TeacherCacheError
-from ..core.checkpointing import checkpoint_problem, latest_complete_checkpoint, refuse_nonempty_output_dir
+from ..core.checkpointing import check_run_dir, latest_complete_checkpoint
 from ..core.errors import Interrupted
 from ..core.hub import hours_label, take_hub_settings
 from ..core.paths import check_output_dir_creatable
-from ..core.teachers import check_model_reference
+from ..core.teachers import TOKENIZER_FILES, check_model_reference
 from ..core.trackers import check_trackers
 from .cache_manifest import check_cache_for_run
 from .card import publish_run
@@ -43,10 +43,6 @@ from .trainer import DistillationTrainer
 
 logger = logging.getLogger(__name__)
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model",
-                   "spiece.model", "sentencepiece.bpe.model")
-
-
 def mlm_accuracy(eval_pred) -> dict[str, float]:
     """Masked-token accuracy from the ``[N, L]`` argmax predictions the trainer returns at eval (-100 elsewhere)."""
     preds, labels = eval_pred.predictions, eval_pred.label_ids
@@ -64,28 +60,6 @@ def next_token_accuracy(eval_pred) -> dict[str, float]:
     return {"accuracy": float((preds[mask] == labels[mask]).mean()) if mask.any() else 0.0}
 
 
-def resolve_resume(args: DistillationTrainingArguments) -> str | None:
-    """``--resume_from_checkpoint PATH | latest``; a path that holds no checkpoint is an error."""
-    r = args.resume_from_checkpoint
-    if r is None or r is False or str(r).lower() in ("", "false", "none"):
-        return None
-    if str(r).lower() in ("latest", "true"):
-        # The newest *complete* one: a folder half-written by a killed save is skipped (with a warning).
-        last = latest_complete_checkpoint(args.output_dir)
-        if last is None:
-            raise FileNotFoundError(f"--resume_from_checkpoint {r}: no complete checkpoint-* folder in "
-                                    f"{args.output_dir!r}")
-        return last
-    if not Path(r).exists():
-        raise FileNotFoundError(f"--resume_from_checkpoint {r!r} does not exist; expected a checkpoint-N folder "
-                                "or 'latest'")
-    problem = checkpoint_problem(r)
-    if problem:
-        raise FileNotFoundError(f"--resume_from_checkpoint {r!r} is not a complete checkpoint: {problem}; "
-                                "pass another checkpoint-N folder or 'latest'")
-    return str(r)
-
-
 def resume_hint(step: int, output_dir: str) -> str:
     """What to do after Ctrl-C at ``step``: the checkpoint a rerun resumes from, or that none was saved yet."""
     last = latest_complete_checkpoint(output_dir)
@@ -94,12 +68,6 @@ def resume_hint(step: int, output_dir: str) -> str:
                 "--overwrite_output_dir to start again")
     return (f"interrupted at step {step}; rerun the same command with --resume_from_checkpoint latest to resume "
             f"from {Path(last).name}")
-
-
-def check_output_dir(args: DistillationTrainingArguments, resume: str | None) -> None:
-    """Refuse to train into a non-empty output_dir unless resuming or ``--overwrite_output_dir``."""
-    if resume is None:
-        refuse_nonempty_output_dir(args.output_dir, args.overwrite_output_dir)
 
 
 def load_tokenizer(model_args: ModelArguments, train_raw, column: str):
@@ -204,8 +172,8 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, args: 
                     teacher_model=None, callbacks=None, task: str = "mlm") -> dict[str, float]:
     """Train, save the final model and ``all_results.json``; returns the final metrics."""
     check_trackers(args.report_to)  # a missing tracker package fails now, not after model and data set-up
-    resume = resolve_resume(args)
-    check_output_dir(args, resume)
+    resumed = check_run_dir(args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
+    resume = None if resumed is None else str(resumed)
     check_output_dir_creatable(args.output_dir)
     # A mistyped local path fails now, in one line, not after data prep with a Hub error (or timeout).
     for what, name in (("model", model_args.model_name_or_path), ("tokenizer", model_args.tokenizer_name),

@@ -19,6 +19,7 @@ from typing import Protocol
 import torch
 
 from ..core.chunked_kd import TeacherTarget
+from ..core.distributed import release_zero3_teacher
 from ..core.schedule import teacher_indices
 from .rows import Rows
 
@@ -97,9 +98,8 @@ class LiveTeachers:
             return
         on_accel = any(p.device.type not in ("cpu", "meta") for t in self.modules for p in t.parameters())
         for t in self.modules:
-            destroy = getattr(t, "destroy", None)
-            if callable(destroy):  # a DeepSpeed engine
-                destroy()
+            if callable(getattr(t, "destroy", None)):  # a ZeRO-3 teacher's DeepSpeed engine
+                release_zero3_teacher(t)
             elif on_accel:
                 t.to("cpu")
         self.modules.clear()

@@ -26,17 +26,19 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 
+from ..core.atomic import write_text_atomic
 from ..core.cli_utils import UserError
 from ..core.cost import CostMeter
 from ..core.errors import NonFiniteLossError
 from ..core.hub import take_hub_settings
+from ..core.log_terms import TermWindow
 from ..core.losses import distillation_loss
 from ..core.schedule import kd_is_active, teacher_indices
 from ..core.teachers import check_teacher_vocab, freeze_teacher, release_teachers
 from .card import METRIC_KEYS, push_run, write_card
 from .checkpoints import check_output_dir, save_checkpoint
 from .data import VisionDataArguments, build_dataloaders, build_datasets
-from .progress import LossWindow, Progress
+from .progress import Progress, loss_window, window_values
 from .setup import (
     VisionModelArguments,
     VisionTrainingArguments,
@@ -157,7 +159,7 @@ def _prepare_metrics_file(out: Path, resume_step: int | None) -> Path:
     path = out / METRICS_FILE
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
     keep = [r for r in rows if resume_step is not None and r.get("step", 0) <= resume_step]
-    path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in keep))  # a crash here keeps the old rows
     return path
 
 
@@ -260,11 +262,11 @@ class VisionRun:
     def _kd_alpha(self) -> float:
         return self.args.kd_alpha if self.model_args.teacher_checkpoint else 0.0
 
-    def _log_eval(self, step: int, window: LossWindow, metrics_path: Path) -> dict:
+    def _log_eval(self, step: int, window: TermWindow, metrics_path: Path) -> dict:
         result = evaluate(self.acc, self.model, self.val_dl, self.model_args.channels_last)
         self.meter.exclude(as_eval=True)
         row = {"step": step, "epoch": round(step / self.spe, 4), **self.meter.log_values(), **result,
-               **window.values(self.acc, self._kd_alpha), "learning_rate": self.scheduler.get_last_lr()[0]}
+               **window_values(window, self.acc, self._kd_alpha), "learning_rate": self.scheduler.get_last_lr()[0]}
         if row["task_loss"] is not None and not math.isfinite(row["task_loss"]):
             raise _diverged(step)
         if self.acc.is_main_process:
@@ -301,7 +303,7 @@ class VisionRun:
         return row
 
     def _loop(self, progress: Progress, metrics_path: Path) -> dict:
-        kd_step, window, row, step = self.kd_step, LossWindow(), {}, self.state.step
+        kd_step, window, row, step = self.kd_step, loss_window(), {}, self.state.step
         self.meter.start()
         for epoch in range(step // self.spe, math.ceil(self.max_steps / self.spe)):
             # islice: stop at max_steps (possibly mid-epoch) without loading batches that will not be used.
@@ -313,17 +315,17 @@ class VisionRun:
                     release_teachers(kd_step.teachers)  # never called again: free their memory
                     kd_step.teachers = []
                 result = kd_step(micro_batches, step)
+                window.add(step, result.ce, result.kd, result.loss)
+                progress.step_done(step, result)
                 step += 1
                 self.meter.step_done(result.num_images)
-                window.add(result)
-                progress.step_done(result)
                 evaluating = self._should_eval(step)
                 if progress.should_log(step):  # an evaluation at this step reads (and resets) the cost window
                     self._log_train(progress, step, reset_cost_window=not evaluating)
                 if evaluating:
                     row = self._log_eval(step, window, metrics_path)
                 if self.args.checkpointing_steps and step % self.args.checkpointing_steps == 0:
-                    if not window.finite(self.acc):  # never checkpoint diverged weights
+                    if not window.finite(self.acc.num_processes, lambda t: self.acc.reduce(t, reduction="sum")):  # never checkpoint diverged weights
                         raise _diverged(step)
                     self._save_checkpoint(step)
         self.state.step = step

@@ -1,6 +1,6 @@
 """What a vision run shows while it trains: a rank-0 progress bar and a log line every ``--logging_steps``.
 
-Losses are summed on the device step by step (:class:`LossWindow`) and read -- one reduce and one host sync --
+Losses are summed on the device step by step (:class:`hf_kd.core.log_terms.TermWindow`, as for text) and read -- one reduce and one host sync --
 only when a line is logged or an evaluation runs, so the training step itself never waits for the host. The
 window's keys mean what they mean for text (:func:`hf_kd.core.log_terms.window_terms`): ``task_loss`` over the
 window's steps, ``kd_loss`` over its KD steps only, ``kd_weight`` = ``kd_alpha`` x KD steps / steps.
@@ -11,13 +11,12 @@ from __future__ import annotations
 import contextlib
 import math
 
-import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from ..core.log_terms import window_terms
+from ..core.log_terms import TermWindow
 
 logger = get_logger(__name__)  # main process only
 
@@ -26,39 +25,22 @@ LOG_KEYS = ("loss", "task_loss", "kd_loss", "kd_weight", "learning_rate", "train
             "teacher_time_fraction")
 
 
-class LossWindow:
-    """Objective, task and KD loss since the last read, averaged over steps and summed over ranks at read time.
+def window_values(window: TermWindow, accelerator: Accelerator, kd_alpha: float = 0.0) -> dict:
+    """The window's means (``None`` when it saw no step / no KD step); starts a new window.
 
-    ``add`` takes a step's result (``loss``, ``ce``, ``kd`` tensors on the device) and adds them on the device.
-    """
+    ``kd_alpha``: the run's KD weight (0 without teachers), for ``kd_weight``. The step's terms are already
+    global means (normalised by the global image count), so the ranks' sums add up to them."""
+    if window.empty:
+        return {"loss": None, "task_loss": None, "kd_loss": None, "kd_weight": None}
+    terms = window.read(kd_alpha, accelerator.device, accelerator.num_processes, tokens_averaged_across_devices=True,
+                        reduce_sum=lambda t: accelerator.reduce(t, reduction="sum"))
+    return {"loss": terms["loss"], "task_loss": terms["task_loss"], "kd_loss": terms.get("kd_loss"),
+            "kd_weight": terms["kd_weight"]}
 
-    def __init__(self):
-        self.sums, self.steps, self.kd_steps = None, 0, 0
 
-    def add(self, r) -> None:
-        zero = torch.zeros_like(r.ce)
-        vals = torch.stack([r.loss if r.loss is not None else zero, r.ce, r.kd if r.kd is not None else zero])
-        self.sums = vals if self.sums is None else self.sums + vals  # on device: no sync per step
-        self.steps += 1
-        self.kd_steps += r.kd is not None
-
-    def finite(self, accelerator: Accelerator) -> bool:
-        """All ranks' losses so far are finite (a reduce: every rank gets the same answer, none hangs)."""
-        return self.sums is None or bool(torch.isfinite(accelerator.reduce(self.sums, reduction="sum")).all())
-
-    def values(self, accelerator: Accelerator, kd_alpha: float = 0.0) -> dict:
-        """Means since the last call (``None`` when there were no steps / no KD steps); starts a new window.
-
-        ``kd_alpha``: the run's KD weight (0 without teachers), for ``kd_weight``. The step's terms are already
-        global means (normalised by the global image count), so the ranks' sums add up to them."""
-        if not self.steps:
-            return {"loss": None, "task_loss": None, "kd_loss": None, "kd_weight": None}
-        loss, ce, kd = accelerator.reduce(self.sums, reduction="sum").tolist()
-        terms = window_terms(ce, kd, self.steps, self.kd_steps, kd_alpha)
-        out = {"loss": loss / self.steps, "task_loss": terms["mlm_loss"], "kd_loss": terms.get("kd_loss"),
-               "kd_weight": terms["kd_weight"]}
-        self.__init__()
-        return out
+def loss_window() -> TermWindow:
+    """A window of a vision run's logged terms: objective, task loss and KD loss."""
+    return TermWindow("task_loss", with_loss=True)
 
 
 def format_log_line(step: int, max_steps: int, epoch: float, values: dict) -> str:
@@ -77,7 +59,7 @@ class Progress:
         # leave=False: runs driven many times from one process (hf-kd reproduce) do not stack finished bars.
         self.bar = tqdm(total=max_steps, initial=start_step, desc="training", unit="step", leave=False,
                         dynamic_ncols=True, disable=disable or not acc.is_local_main_process)
-        self.window = LossWindow()
+        self.window = loss_window()
 
     @contextlib.contextmanager
     def running(self):
@@ -88,8 +70,9 @@ class Progress:
             finally:
                 self.bar.close()
 
-    def step_done(self, result) -> None:
-        self.window.add(result)
+    def step_done(self, step: int, result) -> None:
+        """Optimizer step ``step`` (0-based) gave ``result`` (its ``loss``, ``ce`` and ``kd`` tensors)."""
+        self.window.add(step, result.ce, result.kd, result.loss)
         self.bar.update(1)
 
     def should_log(self, step: int) -> bool:
@@ -97,7 +80,7 @@ class Progress:
 
     def log(self, step: int, learning_rate: float, cost: dict) -> dict:
         """One log line from the window's losses (one sync) and the cost meter's ``cost`` values."""
-        values = {**self.window.values(self.acc, self.kd_alpha), "learning_rate": learning_rate, **cost}
+        values = {**window_values(self.window, self.acc, self.kd_alpha), "learning_rate": learning_rate, **cost}
         epoch = step / self.spe
         row = {"step": step, "epoch": round(epoch, 4), **values}
         if values["loss"] is not None and not math.isfinite(values["loss"]):

@@ -11,8 +11,7 @@ given pairwise and repeatable for an ensemble::
 A checkpoint is a safetensors state dict, a torchvision weights file (``.pth``, pickle: needs
 ``--allow_pickle_weights`` and loads with ``torch.load(weights_only=True)``), or a previous run's output dir,
 where :func:`save_model_dir` wrote ``model.safetensors`` and ``config.json`` (architecture, classes, input
-normalisation; the key layout of timm's Hub configs). Folders from older versions hold ``vision_model.json``
-instead; they still load.
+normalisation; the key layout of timm's Hub configs).
 """
 
 from __future__ import annotations
@@ -22,13 +21,13 @@ import difflib
 import json
 import logging
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from ..core.atomic import write_atomic, write_json_atomic
 from ..core.errors import UserError
 from ..core.kd_args import kd_field, validate_kd_fields
 from ..core.schedule import resolve_kd_stop_step
@@ -39,7 +38,6 @@ logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-MODEL_JSON = "vision_model.json"  # what older versions wrote instead of config.json; still read
 
 
 @dataclass
@@ -55,7 +53,7 @@ class VisionModelArguments:
         default=None,
         metadata={"action": "extend", "help": "Teacher architecture(s), pairwise with --teacher_checkpoint; repeat "
                   "the flag (or list several) for an ensemble. May be omitted when every checkpoint is a previous "
-                  "run's output dir (its vision_model.json names the architecture)."},
+                  "run's output dir (its config.json names the architecture)."},
     )
     teacher_checkpoint: list[str] | None = field(
         default=None,
@@ -78,7 +76,7 @@ class VisionModelArguments:
         self.teacher_checkpoint = list(self.teacher_checkpoint or [])
         self.teacher_model = list(self.teacher_model or [])
         if self.teacher_model and len(self.teacher_model) != len(self.teacher_checkpoint):
-            raise TeacherLoadError(
+            raise UserError(
                 f"{len(self.teacher_model)} --teacher_model but {len(self.teacher_checkpoint)} --teacher_checkpoint: "
                 "give them pairwise (or omit --teacher_model when every checkpoint is a run output dir)")
 
@@ -113,10 +111,9 @@ def build_model(name: str, num_classes: int, channels_last: bool = True) -> torc
 
 
 def read_model_json(run_dir: Path) -> dict:
-    """The architecture record a finished run left next to its weights (``config.json``, or an older run's
-    ``vision_model.json``)."""
-    meta_path = next((run_dir / n for n in (CONFIG_FILE, MODEL_JSON) if (run_dir / n).is_file()), None)
-    if meta_path is None or not (run_dir / MODEL_FILE).is_file():
+    """The architecture record a finished run left next to its weights (``config.json``)."""
+    meta_path = run_dir / CONFIG_FILE
+    if not meta_path.is_file() or not (run_dir / MODEL_FILE).is_file():
         raise TeacherLoadError(
             f"teacher checkpoint folder {str(run_dir)!r} has no {MODEL_FILE} + {CONFIG_FILE}; expected the output_dir "
             "of a finished run_resnet_kd.py run (or pass a weights file)")
@@ -198,13 +195,6 @@ def model_config(architecture: str, num_classes: int, image_size: int | None = N
     return {**cfg, **(extra or {})}
 
 
-def _write_atomically(path: Path, write) -> None:
-    """``write(tmp)`` then rename: a reader (or a crash) never sees a half-written file under ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save_model_dir(state_dict: dict[str, torch.Tensor], output_dir: str | Path, architecture: str,
                    num_classes: int, extra: dict | None = None, **config) -> Path:
     """Write ``model.safetensors`` + ``config.json`` (:func:`model_config` of the arguments; ``config`` takes its
@@ -215,9 +205,9 @@ def save_model_dir(state_dict: dict[str, torch.Tensor], output_dir: str | Path, 
     out.mkdir(parents=True, exist_ok=True)
     # safetensors needs contiguous tensors; channels_last conv weights are not (in the default sense).
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    _write_atomically(out / MODEL_FILE, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
+    write_atomic(out / MODEL_FILE, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
     meta = model_config(architecture, num_classes, extra=extra, **config)
-    _write_atomically(out / CONFIG_FILE, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+    write_json_atomic(out / CONFIG_FILE, meta)
     return out / MODEL_FILE
 
 

@@ -107,13 +107,6 @@ def test_gpu_hours_keep_the_past_when_resumed_on_another_process_count(before, a
     assert resumed.train_seconds == pytest.approx(11 * 3600.0)  # wall-clock seconds are kept too
 
 
-def test_old_checkpoints_without_gpu_seconds_use_their_saved_process_count():
-    """a state saved before GPU-seconds existed (seconds + num_processes) is read correctly."""
-    m = CostMeter(num_processes=4)
-    m.load_state_dict({"train_seconds": 3600.0, "eval_seconds": 0.0, "num_processes": 8, "gpu_hours": 8.0})
-    assert m.gpu_hours == pytest.approx(8.0)
-
-
 def _resumable(tmp_path, max_steps, **kw):
     args = quick_args(tmp_path, max_steps=max_steps, per_device_train_batch_size=4, save_strategy="steps",
                       save_steps=3, learning_rate=0.01, kd_stop_steps=5, **kw)

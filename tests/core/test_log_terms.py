@@ -93,3 +93,22 @@ def test_two_processes_without_token_averaging_log_the_rank_mean(tmp_path):
         assert len(lines) == 2
         for e in lines:  # no teacher: the loss is the MLM term, averaged over the ranks by the Trainer
             assert e["mlm_loss"] == pytest.approx(e["loss"], rel=1e-4), e
+
+
+def test_one_window_serves_text_and_vision_keys():
+    """The same on-device window logs text's hard-label key and vision's task_loss plus the objective."""
+    import torch
+
+    from hf_kd.core.log_terms import TermWindow
+
+    text, vision = TermWindow("clm_loss"), TermWindow("task_loss", with_loss=True)
+    for w in (text, vision):
+        w.add(0, torch.tensor(2.0), torch.tensor(1.0), loss=torch.tensor(1.5))
+        w.add(1, torch.tensor(4.0), None, loss=torch.tensor(4.0))
+    assert vision.finite() and not vision.empty
+    assert text.read(0.5, torch.device("cpu")) == {"clm_loss": 3.0, "kd_loss": 1.0, "kd_weight": 0.25}
+    assert vision.read(0.5, torch.device("cpu")) == {"loss": 2.75, "task_loss": 3.0, "kd_loss": 1.0,
+                                                     "kd_weight": 0.25}
+    assert vision.empty  # read starts a new window
+    vision.add(2, torch.tensor(float("nan")), None)
+    assert not vision.finite()

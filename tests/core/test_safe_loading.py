@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM
 
 from hf_kd import DistillationTrainingArguments
-from hf_kd.core.teachers import TeacherLoadError, load_pretrained, load_state_dict_file
+from hf_kd.core.teachers import ModelLoadError, TeacherLoadError, load_pretrained, load_state_dict_file
 from tests.support.scripts import build_env, error_lines, run_script, script_args, snapshot, tiny_model
 
 T = "--teacher_model_name_or_path"
@@ -93,7 +93,7 @@ def test_opt_in_pickle_goes_through_weights_only(env, tmp_path, capsys):
 
 def test_opt_in_plain_pickle_loads(env, tmp_path):
     model = pickle_only_model(tmp_path / "model", env.vocab_size)
-    with pytest.raises(TeacherLoadError, match="only pickle weights"):
+    with pytest.raises(ModelLoadError, match="only pickle weights"):
         load_pretrained(str(model), AutoModelForMaskedLM)
     teacher = load_pretrained(str(model), AutoModelForMaskedLM, allow_pickle=True)
     assert teacher.config.vocab_size == env.vocab_size
@@ -115,10 +115,10 @@ def test_single_pickle_file(tmp_path, suffix):
     good, bad = tmp_path / f"good{suffix}", tmp_path / f"bad{suffix}"
     torch.save({"w": torch.ones(2)}, good)
     torch.save({"w": torch.ones(2), "payload": _Payload(marker)}, bad)
-    with pytest.raises(TeacherLoadError, match="refusing to unpickle .*--allow_pickle_weights"):
+    with pytest.raises(ModelLoadError, match="refusing to unpickle .*--allow_pickle_weights"):
         load_state_dict_file(good)
     assert torch.equal(load_state_dict_file(good, allow_pickle=True)["w"], torch.ones(2))
-    with pytest.raises(TeacherLoadError, match=r"weights_only=True"):
+    with pytest.raises(ModelLoadError, match=r"weights_only=True"):
         load_state_dict_file(bad, allow_pickle=True)
     assert not marker.exists()
 
@@ -182,3 +182,13 @@ def test_token_masked_in_serialised_args_but_kept_in_memory(tmp_path):
     assert SECRET not in args.to_json_string() and SECRET not in str(args)
     assert copy.deepcopy(args).hub_token == SECRET and args.hub_token == SECRET  # pushes still authenticate
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_a_student_that_cannot_load_is_not_called_a_teacher(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()  # a mistyped folder next to real ones: refused before any Hub call
+    with pytest.raises(ModelLoadError, match="student 'runs/nope' does not exist") as caught:
+        load_pretrained("runs/nope", AutoModelForMaskedLM, what="student")
+    assert not isinstance(caught.value, TeacherLoadError)
+    with pytest.raises(TeacherLoadError, match="teacher 'runs/nope' does not exist"):
+        load_pretrained("runs/nope", AutoModelForMaskedLM)

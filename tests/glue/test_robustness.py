@@ -252,6 +252,22 @@ def curve_lines(path, runs, seeds=(0, 1, 2), task="rte"):
     return path
 
 
+@pytest.mark.parametrize("seeds,says", [((0,), "one seed per point: no spread shown"),
+                                         ((0, 1, 2), "mean ± std over 3 seeds")])
+def test_plot_title_claims_a_spread_only_with_several_seeds(tmp_path, monkeypatch, seeds, says):
+    import matplotlib.axes
+
+    titles = []
+    real_title = matplotlib.axes.Axes.set_title
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title",
+                        lambda self, s, *a, **k: titles.append(s) or real_title(self, s, *a, **k))
+    res = curve_lines(tmp_path / "r.jsonl", {"base": ([1, 2], lambda i, s: 0.5 + 0.1 * i + 0.01 * s),
+                                            "kd": ([1.2, 2.4], lambda i, s: 0.6 + 0.1 * i + 0.02 * s)}, seeds=seeds)
+    report.main([str(res), "--baseline", "base", "--output_dir", str(tmp_path / "o")])
+    assert titles and all(says in t for t in titles), titles
+    assert len(seeds) > 1 or not any("std" in t for t in titles)
+
+
 def test_plot_draws_seed_band_and_names_task_subset(tmp_path, monkeypatch):
     import matplotlib.axes
 

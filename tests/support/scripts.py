@@ -75,11 +75,13 @@ def script_args(env: KDEnv, out: Path, *extra: str, max_steps: int = 2) -> list[
             "--save_strategy", "no", "--output_dir", str(out), *extra]
 
 
-def run_script(argv: list[str], capsys) -> tuple[int, str]:
-    """``run_mlm_kd.py argv`` in-process as the console would run it: (exit status, stderr)."""
+def run_script(argv: list[str], capsys, script: str = "mlm") -> tuple[int, str]:
+    """``run_mlm_kd.py argv`` (``script="clm"``: ``run_clm_kd.py``) in-process as the console would run it:
+    (exit status, stderr)."""
     from hf_kd.core.cli_utils import run_cli
-    from run_scripts.run_mlm_kd import main
+    from run_scripts import run_clm_kd, run_mlm_kd
 
+    main = {"mlm": run_mlm_kd.main, "clm": run_clm_kd.main}[script]
     capsys.readouterr()
     rc = run_cli(lambda: main(argv))
     return rc, capsys.readouterr().err

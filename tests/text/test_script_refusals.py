@@ -25,13 +25,7 @@ def _cache(monkeypatch, env):
 def _refused(argv, capsys, tmp_path, env, script: str = "mlm") -> str:
     """Run the script; assert exit 2, one error line, no traceback, nothing written; return the line."""
     before = snapshot(tmp_path, env.inputs)
-    if script == "mlm":
-        rc, err = run_script(argv, capsys)
-    else:
-        from run_scripts.run_clm_kd import main
-
-        capsys.readouterr()
-        rc, err = run_cli(lambda: main(argv)), capsys.readouterr().err
+    rc, err = run_script(argv, capsys, script)
     lines = error_lines(err)
     assert rc == 2 and len(lines) == 1 and "Traceback" not in err, err[-2000:]
     assert snapshot(tmp_path, env.inputs) == before  # no output folder left behind
@@ -122,3 +116,22 @@ def test_unreachable_hub_says_no_local_folder_exists(monkeypatch):
     with pytest.raises(TeacherLoadError, match=r"'org/teachr'.*no local folder of that name exists and the Hub was "
                                                r"not reachable"):
         load_pretrained("org/teachr", AutoModelForMaskedLM)
+
+
+def test_a_masked_lm_run_is_refused_as_teacher_of_a_causal_lm(env, tmp_path, capsys):
+    """A BERT MLM folder would load as BertLMHeadModel with is_decoder=False: a teacher that sees the token it is
+    asked to predict. Refused from its config, before any weights load."""
+    bert = tiny_model(tmp_path / "bert_mlm_run", env.vocab_size)
+    line = _refused(script_args(env, tmp_path / "out", "--model_preset", "tiny", "--teacher_model_name_or_path",
+                                str(bert)), capsys, tmp_path, env, script="clm")
+    assert "bert_mlm_run" in line and "is a masked LM checkpoint, BertForMaskedLM" in line, line
+
+
+def test_a_causal_lm_run_is_refused_as_teacher_of_a_masked_lm(env, tmp_path, capsys):
+    from tests.support.models import tiny_gpt2
+
+    gpt2 = tmp_path / "gpt2_run"
+    tiny_gpt2(vocab_size=env.vocab_size).save_pretrained(gpt2)
+    line = _refused(script_args(env, tmp_path / "out", "--teacher_model_name_or_path", str(gpt2)), capsys,
+                    tmp_path, env)
+    assert "gpt2_run" in line and "is a causal LM checkpoint, GPT2LMHeadModel" in line, line

@@ -18,9 +18,10 @@ import yaml
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 
-from hf_kd.core.checkpointing import checkpoint_problem
+from hf_kd.core.checkpointing import checkpoint_problem, resolve_resume
 from hf_kd.core.cli_utils import UserError, run_cli
-from hf_kd.vision.checkpoints import STATE_MARKER, resolve_resume, save_checkpoint
+from hf_kd.core.teachers import TeacherLoadError
+from hf_kd.vision.checkpoints import STATE_MARKER, save_checkpoint
 from hf_kd.vision.progress import LOG_KEYS, Progress
 from hf_kd.vision.setup import load_teacher
 from run_scripts import run_resnet_kd
@@ -78,10 +79,10 @@ def test_a_half_written_checkpoint_is_never_resumed(rotated, tmp_path, damage, c
     _half_written(out / "checkpoint-5", out / "checkpoint-9", damage)
     (out / ".partial-checkpoint-12" / "checkpoint-12").mkdir(parents=True)  # a save killed mid-way
     with caplog.at_level(logging.WARNING):
-        assert resolve_resume(out, "latest") == out / "checkpoint-5"
+        assert resolve_resume(out, "latest", STATE_MARKER) == out / "checkpoint-5"
     assert "skipping incomplete checkpoint" in caplog.text and "checkpoint-9" in caplog.text
-    with pytest.raises(UserError, match="checkpoint-9.* is incomplete"):
-        resolve_resume(out, str(out / "checkpoint-9"))
+    with pytest.raises(UserError, match="checkpoint-9.* is not a complete checkpoint"):
+        resolve_resume(out, str(out / "checkpoint-9"), STATE_MARKER)
 
 
 def test_a_run_resumes_from_the_newest_complete_checkpoint(rotated, tmp_path, caplog):
@@ -101,7 +102,7 @@ def test_a_run_resumes_from_the_newest_complete_checkpoint(rotated, tmp_path, ca
 def test_no_complete_checkpoint_is_a_one_line_error(tmp_path):
     (tmp_path / "checkpoint-3").mkdir()
     with pytest.raises(UserError, match="no complete checkpoint-<step> folder"):
-        resolve_resume(tmp_path, "latest")
+        resolve_resume(tmp_path, "latest", STATE_MARKER)
 
 
 def test_a_save_killed_mid_way_publishes_nothing(tmp_path):
@@ -120,24 +121,23 @@ def test_a_save_killed_mid_way_publishes_nothing(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(acc, tmp_path, 2, {})
     assert not (tmp_path / "checkpoint-2").exists() and (tmp_path / ".partial-checkpoint-2").exists()
-    assert resolve_resume(tmp_path, "latest") == tmp_path / "checkpoint-1"
+    assert resolve_resume(tmp_path, "latest", STATE_MARKER) == tmp_path / "checkpoint-1"
     acc.save_state = original
     save_checkpoint(acc, tmp_path, 3, {})
     assert not list(tmp_path.glob(".partial-*")) and model is not None
 
 
 # -- config.json, model card, Hub ------------------------------------------------------------------------------
-def test_new_config_json_and_old_vision_model_json_folders_both_load(rotated, tmp_path):
+def test_a_run_folder_loads_as_a_teacher_by_its_config_json(rotated, tmp_path):
     cfg = json.loads((rotated / "config.json").read_text())
     assert cfg["architecture"] == "resnet18" and cfg["num_classes"] == 10 and cfg["label_names"][3] == "3"
     assert cfg["pretrained_cfg"]["input_size"] == [3, 16, 16] and len(cfg["pretrained_cfg"]["mean"]) == 3
-    assert not (rotated / "vision_model.json").exists()
     assert isinstance(load_teacher(str(rotated), None, 10), torch.nn.Module)
-    old = tmp_path / "old"
-    old.mkdir()
-    shutil.copy(rotated / "model.safetensors", old)
-    (old / "vision_model.json").write_text(json.dumps({"architecture": "resnet18", "num_classes": 10}))
-    assert isinstance(load_teacher(str(old), None, 10), torch.nn.Module)
+    bare = tmp_path / "bare"  # weights without config.json: the architecture is unknown
+    bare.mkdir()
+    shutil.copy(rotated / "model.safetensors", bare)
+    with pytest.raises(TeacherLoadError, match="has no model.safetensors \\+ config.json"):
+        load_teacher(str(bare), None, 10)
 
 
 def _card_yaml(path: Path) -> dict:
@@ -258,10 +258,12 @@ def test_losses_are_read_once_per_logging_step(monkeypatch):
     reads: list[int] = []
     real_reduce = acc.reduce
     monkeypatch.setattr(acc, "reduce", lambda t, **kw: reads.append(1) or real_reduce(t, **kw))
+    # as if launched on 2 processes: a single process needs no reduce, so it would count nothing
+    monkeypatch.setattr(type(acc), "num_processes", property(lambda self: 2))
     progress = Progress(acc, max_steps=6, start_step=0, steps_per_epoch=6, logging_steps=3, disable=True)
     for step in range(1, 7):
         one = torch.tensor(float(step))
-        progress.step_done(StepResult(num_images=4, ce=one, kd=None, loss=one))
+        progress.step_done(step - 1, StepResult(num_images=4, ce=one, kd=None, loss=one))
         if progress.should_log(step):
             row = progress.log(step, 0.1, {"gpu_hours": 0.0})
             assert row["loss"] == pytest.approx(sum(range(step - 2, step + 1)) / 3)
@@ -273,3 +275,14 @@ def test_a_diverged_log_line_stops_the_run(tmp_path, capsys):
             "--logging_steps", "2", "--disable_tqdm"]
     assert run_cli(lambda: run_resnet_kd.main(argv)) == 1
     assert "the training loss became NaN/inf before step 2" in capsys.readouterr().err  # at the log line
+
+
+def test_resume_true_and_its_errors_are_those_of_the_text_scripts(tmp_path, capsys):
+    """``--resume_from_checkpoint true`` means ``latest`` for vision too, and the refusal is the text one."""
+    out = tmp_path / "empty"
+    out.mkdir()
+    assert run_cli(lambda: run_resnet_kd.main(["--output_dir", str(out), *TINY, "--max_steps", "1",
+                                                "--resume_from_checkpoint", "true"])) == 2
+    err = capsys.readouterr().err
+    assert f"error: --resume_from_checkpoint true: no complete checkpoint-<step> folder in {str(out)!r}" in err
+    assert not any(out.iterdir())
