@@ -92,7 +92,7 @@ def test_reproduce_checks_the_tracker_before_any_training(tmp_path, capsys, monk
     import hf_kd.reproduce.cli as cli
 
     monkeypatch.setattr(trackers, "_installed", lambda module: False)
-    monkeypatch.setattr(cli, "_text", lambda a: pytest.fail("the protocol started before the tracker check"))
+    monkeypatch.setattr(cli, "_protocol", lambda a: pytest.fail("the protocol started before the tracker check"))
     capsys.readouterr()
     rc = run_cli(lambda: cli.reproduce(["--report_to", "wandb", "--output_dir", str(tmp_path / "r")]))
     err = capsys.readouterr().err
