@@ -217,7 +217,7 @@ def main() -> None:
     t = {v: statistics.median(ts) for v, ts in rounds.items()}
     mem = {v: peak_memory(v, a) for v in MEMORY_VARIANTS}
     res = {
-        "config": vars(a), "seconds_per_step": t, "flop_ideal_kd_ratio": ideal,
+        "config": vars(a), "seconds_per_step": t, "seconds_per_step_all": rounds, "flop_ideal_kd_ratio": ideal,
         "kd_ratio": t["kd"] / t["baseline"], "kd_vs_ideal": (t["kd"] / t["baseline"]) / ideal,
         "after_cutoff_ratio": t["after_cutoff"] / t["baseline"],
         "kd_full_ratio": t["kd_full"] / t["baseline_full"],
