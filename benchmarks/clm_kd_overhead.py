@@ -3,6 +3,7 @@
     python benchmarks/clm_kd_overhead.py                       # tiny GPT-2 (2L/128), vocab 8192, batch 16 x 128, CPU
     python benchmarks/clm_kd_overhead.py --vocab 50257 --reps 5 --steps 2
     PYTHONPATH=/tmp/trl_site python benchmarks/clm_kd_overhead.py   # + TRL (pip install --no-deps --target /tmp/trl_site trl)
+    PYTHONPATH=. /tmp/trlvenv/bin/python benchmarks/clm_kd_overhead.py   # + TRL in a scratch venv (benchmarks/RESULTS.md)
 
 Variants, timed interleaved (round-robin, median of ``--reps`` rounds) so machine noise hits all alike; each is
 ``compute_loss`` + backward + AdamW step of its own ``Trainer`` on the same batch, student and teacher the same size:
