@@ -3,6 +3,7 @@
     python benchmarks/clm_kd_overhead.py                       # tiny GPT-2 (2L/128), vocab 8192, batch 16 x 128, CPU
     python benchmarks/clm_kd_overhead.py --vocab 50257 --reps 5 --steps 2
     PYTHONPATH=/tmp/trl_site python benchmarks/clm_kd_overhead.py   # + TRL (pip install --no-deps --target /tmp/trl_site trl)
+    PYTHONPATH=. /tmp/trlvenv/bin/python benchmarks/clm_kd_overhead.py   # + TRL in a scratch venv (benchmarks/RESULTS.md)
 
 Variants, timed interleaved (round-robin, median of ``--reps`` rounds) so machine noise hits all alike; each is
 ``compute_loss`` + backward + AdamW step of its own ``Trainer`` on the same batch, student and teacher the same size:
@@ -15,6 +16,11 @@ Variants, timed interleaved (round-robin, median of ``--reps`` rounds) so machin
 * ``ours_full``  the same with ``clm_chunk_size=0`` (full ``[positions, vocab]`` logits; for comparison)
 * ``hand``       a minimal ``Trainer`` subclass: model loss + ``F.kl_div`` of full shifted logits (what users write)
 * ``trl``        TRL ``GKDTrainer(lmbda=0, beta=0)`` (supervised forward KL, KD term only), when TRL imports
+* ``trl_distill`` TRL's stable ``trl.trainer.DistillationTrainer(beta=0)`` (forward KL, KD term only, its chunked
+                 loss that projects both heads a tile of positions at a time), when TRL has it. It is an on-policy
+                 trainer (it generates completions in ``_prepare_inputs``); the benchmark calls its ``compute_loss``
+                 directly on the fixed batch split as a 1-token prompt + 127-token completion, so it distils at
+                 the same 127 next-token positions per sequence as the others (no generation timed)
 
 The FLOP-model ideal is ``1 + F(teacher forward) / F(student forward + backward)`` (full heads,
 ``torch.utils.flop_counter``). Peak memory, per variant in a fresh subprocess (the same imports in each, TRL's
@@ -41,7 +47,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 from hf_kd import DistillationTrainer, DistillationTrainingArguments
 
 PRODUCTION: dict = {}  # the cached variant's production measurements (teacher positions/s, bytes per position)
-VARIANTS = ("plain", "ours_base", "ours", "cached", "ours_full", "hand", "trl")
+VARIANTS = ("plain", "ours_base", "ours", "cached", "ours_full", "hand", "trl", "trl_distill")
 
 
 def make_model(a: argparse.Namespace, seed: int) -> GPT2LMHeadModel:
@@ -108,6 +114,8 @@ def make_trainer(variant: str, a: argparse.Namespace) -> Trainer:
         return cached_trainer(student, args)
     if variant == "hand":
         return HandKDTrainer(make_model(a, 1), model=student, args=TrainingArguments(**_common(outdir)))
+    if variant == "trl_distill":
+        return make_trl_distill(a, student, outdir)
     from datasets import Dataset
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
@@ -117,11 +125,33 @@ def make_trainer(variant: str, a: argparse.Namespace) -> Trainer:
                       processing_class=_word_tokenizer(a.vocab))
 
 
+def make_trl_distill(a: argparse.Namespace, student: GPT2LMHeadModel, outdir: str) -> Trainer:
+    from datasets import Dataset
+    from trl.trainer import DistillationConfig
+    from trl.trainer import DistillationTrainer as TRLDistillationTrainer
+
+    # gradient_checkpointing defaults to True in TRL's config; off here, as for every other variant.
+    args = DistillationConfig(**_common(outdir), beta=0.0, temperature=1.0, gradient_checkpointing=False,
+                              optim="adamw_torch", max_completion_length=a.seq)
+    data = Dataset.from_dict({"prompt": ["w3"]})
+    return TRLDistillationTrainer(model=student, teacher_model=make_model(a, 1), args=args, train_dataset=data,
+                                  processing_class=_word_tokenizer(a.vocab))
+
+
+def trl_inputs(batch: dict) -> dict:
+    """The batch as TRL's DistillationTrainer's ``compute_loss`` takes it: token 0 as the prompt, the rest as the
+    completion, so its loss covers the same next-token positions as the other variants."""
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    return {"prompt_ids": ids[:, :1], "prompt_mask": mask[:, :1], "completion_ids": ids[:, 1:],
+            "completion_mask": mask[:, 1:]}
+
+
 def available(variant: str) -> bool:
-    if variant != "trl":
-        return True
     try:
-        import trl.experimental.gkd  # noqa: F401
+        if variant == "trl":
+            import trl.experimental.gkd  # noqa: F401
+        elif variant == "trl_distill":
+            from trl.trainer import DistillationTrainer as _  # noqa: F401
     except ImportError:
         return False
     return True
@@ -140,6 +170,8 @@ def one_step(trainer: Trainer, batch: dict) -> None:
     model = trainer.model
     model.train()
     n = (batch["labels"][:, 1:] != -100).sum()
+    if type(trainer).__module__.startswith("trl.trainer.distillation"):
+        batch = trl_inputs(batch)
     loss = trainer.compute_loss(model, batch, num_items_in_batch=n)
     loss.backward()
     trainer.optimizer.step()
@@ -209,7 +241,7 @@ def main() -> None:
     a = parse()
     torch.set_num_threads(a.threads)
     if a.memory_child:
-        available("trl")  # same imports in every child
+        available("trl"), available("trl_distill")  # same imports in every child
         t, batch = prepare(make_trainer(a.memory_child, a)), make_batch(a)
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset the peak-RSS mark to the current RSS
