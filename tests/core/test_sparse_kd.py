@@ -143,3 +143,22 @@ def test_sampled_draws_follow_the_generator():
     assert torch.equal(a.ids, b.ids) and a.ids.shape == (6, 5) and torch.isnan(a.log_rest).all()
     torch.testing.assert_close(a.logp, t_logp.gather(-1, a.ids.long()))
     assert sampled_targets(t_logp[:0], 5).ids.shape == (0, 5)
+
+
+@pytest.mark.parametrize("missing_mass", ["rest", "renormalize", "sampled"])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_fused_sparse_sum_equals_autograd_through_the_per_row_loss(missing_mass, temperature):
+    """The hand-written gradient of sparse_kd_sum equals autograd through sparse_kd_per_row at k < V."""
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(12, 40, generator=g, dtype=torch.float64).float()
+    t_logp = torch.log_softmax(torch.randn(12, 40, generator=g) * 2 / temperature, dim=-1)
+    targets = (sampled_targets(t_logp, 16, torch.Generator().manual_seed(1)) if missing_mass == "sampled"
+               else topk_targets(t_logp, 8))
+    ref_in = s.clone().requires_grad_(True)
+    ref = sparse_kd_per_row(ref_in, targets, temperature, missing_mass).sum()
+    ref.backward()
+    fused_in = s.clone().requires_grad_(True)
+    fused = sparse_kd_sum(fused_in, targets, temperature, missing_mass)
+    (3.0 * fused).backward()  # the incoming gradient is applied
+    assert fused.item() == pytest.approx(ref.item(), rel=1e-5, abs=1e-6)
+    torch.testing.assert_close(fused_in.grad, 3.0 * ref_in.grad, rtol=1e-4, atol=1e-6)
