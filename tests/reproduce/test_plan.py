@@ -2,6 +2,8 @@
 
 import json
 import logging
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -9,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from hf_kd.cli import main as cli_main
-from hf_kd.reproduce.calibrate import calibration_size, estimate_seconds
+from hf_kd.reproduce.calibrate import calibration_size, estimate_seconds, time_step_kinds
 from hf_kd.reproduce.jobs import RESULT, Context, log_plan, run_key
 from hf_kd.reproduce.presets import CLM_TINY, scale_steps
 from hf_kd.reproduce.protocol import Calibration, RunRecord, TeacherRecord, plan_jobs, select_variants
@@ -98,3 +100,27 @@ def test_cli_quick_look_hands_the_scaled_preset_and_calibration_to_the_protocol(
     assert cli_main(["reproduce", "--task", "clm", "--steps", "24", "--output_dir", str(tmp_path / "q")]) == 0
     assert seen["preset"] == scale_steps(CLM_TINY, 24)
     assert seen["calibration_rounds"] == calibration_size(24 / CLM_TINY.steps)
+
+
+def test_step_kinds_are_timed_while_the_other_workers_steps_run():
+    """With workers beside it, the other workers' steps run while the kinds are timed (as in the real runs), and
+    stop when the timing ends."""
+    others_ran = threading.Event()
+    other_steps = []
+
+    def other(batch):
+        other_steps.append(batch)
+        others_ran.set()
+        time.sleep(0.001)
+
+    def timed(batch):  # a timed step sees the other steps running (in a thread: this one waits for them)
+        assert others_ran.wait(timeout=30), "no other worker's step ran while timing"
+
+    cal = time_step_kinds({"base": timed}, ["b"], ["base"], {}, rounds=2, steps_per_round=2, background=[other])
+    assert set(cal.relative) == {"base"} and other_steps and set(other_steps) == {"b"}
+    after = len(other_steps)
+    time.sleep(0.05)
+    assert len(other_steps) == after  # stopped with the timing
+    alone = []
+    time_step_kinds({"base": lambda b: alone.append(b)}, ["b"], ["base"], {}, rounds=2, steps_per_round=2)
+    assert alone == ["b"] * 6  # warm-up round + 2 timed rounds of 2 steps
