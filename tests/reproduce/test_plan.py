@@ -81,7 +81,7 @@ def test_quick_look_scales_evaluation_and_calibration_with_its_steps():
     assert scale_steps(replace(CLM_TINY, max_eval_samples=20), 24).max_eval_samples == 20  # never above a cap
     rounds, per_round = calibration_size(k)
     full_rounds, full_per_round = calibration_size(1.0)
-    assert rounds * per_round < full_rounds * full_per_round / 3 and rounds >= 2
+    assert rounds * per_round < full_rounds * full_per_round / 2 and rounds >= 3  # a median of 3 at least
 
 
 def test_cli_quick_look_hands_the_scaled_preset_and_calibration_to_the_protocol(tmp_path, monkeypatch):
