@@ -121,7 +121,7 @@ def _sync() -> None:
 def calibration_size(scale: float = 1.0) -> tuple[int, int]:
     """(rounds, steps per round) of the calibration for a protocol ``scale`` times the preset's budget: 5 x 3 at
     full size, fewer for a quick look (``--steps`` below the preset's), so its fixed cost shrinks with the budget
-    (at least 3 timed rounds of 2 steps: 2 rounds of 1 step misjudged a 24-step look's KD step by ~1.5x)."""
+    (at least 3 timed rounds of 2 steps, so the median still discards an outlier round)."""
     k = min(1.0, scale)
     return max(3, round(5 * k)), max(2, round(3 * k))
 
