@@ -15,8 +15,10 @@ from __future__ import annotations
 import json
 import logging
 import statistics
+import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -59,8 +61,39 @@ def calibrated_cost(run: RunRecord, step: float, calibration: Calibration) -> fl
 
 
 def time_step_kinds(steppers: dict[str, Callable], batches: list, kinds: list[str], teacher_parameters: dict[str, int],
-                    rounds: int = 5, steps_per_round: int = 3) -> Calibration:
-    """Seconds per optimizer step of each kind (median over ``rounds``, one warm-up round discarded)."""
+                    rounds: int = 5, steps_per_round: int = 3, background: list[Callable] = ()) -> Calibration:
+    """Seconds per optimizer step of each kind (median over ``rounds``, one warm-up round discarded).
+
+    ``background``: steps of other models (one per other parallel worker) run in a loop in threads while the kinds
+    are timed, so the seconds are those of a step that shares the machine with the other workers, as the runs will
+    (on 2 cores, two workers' steps each take longer than one alone: dividing the work by the workers assumes
+    otherwise). Torch releases the GIL inside its ops, so the threads compute side by side.
+    """
+    with running_in_background(background, batches[0]):
+        return _time_step_kinds(steppers, batches, kinds, teacher_parameters, rounds, steps_per_round)
+
+
+@contextmanager
+def running_in_background(steps: list[Callable], batch):
+    stop = threading.Event()
+
+    def loop(step: Callable) -> None:
+        while not stop.is_set():
+            step(batch)
+
+    threads = [threading.Thread(target=loop, args=(s,), daemon=True) for s in steps]
+    for t in threads:
+        t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+
+
+def _time_step_kinds(steppers: dict[str, Callable], batches: list, kinds: list[str],
+                     teacher_parameters: dict[str, int], rounds: int, steps_per_round: int) -> Calibration:
     times: dict[str, list[float]] = {k: [] for k in kinds}
     for r in range(rounds + 1):
         order = kinds[r % len(kinds):] + kinds[:r % len(kinds)]  # rotate, so no kind always goes first
@@ -83,14 +116,26 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def estimate_seconds(runs: list[RunRecord], teacher_steps: int, calibration: Calibration, workers: int = 1) -> float:
-    """Training time the plan needs on this machine: calibrated steps x measured seconds per baseline step.
+def calibration_size(scale: float = 1.0) -> tuple[int, int]:
+    """(rounds, steps per round) of the calibration for a protocol ``scale`` times the preset's budget: 5 x 3 at
+    full size, fewer for a quick look (``--steps`` below the preset's), so its fixed cost shrinks with the budget
+    (at least 3 timed rounds of 2 steps, so the median still discards an outlier round)."""
+    k = min(1.0, scale)
+    return max(3, round(5 * k)), max(2, round(3 * k))
 
-    Evaluations, checkpoints and process start-up are not included (a few % of the tiny preset's runs).
+
+def estimate_seconds(runs: list[RunRecord], teacher_steps: int, calibration: Calibration, workers: int = 1,
+                     evaluations: int = 0, calibration_seconds: float = 0.0) -> float:
+    """Time the plan needs on this machine: the calibration itself, plus every run's calibrated steps (teachers'
+    steps are baseline steps: they train at the students' size) x the measured seconds per baseline step and
+    ``evaluations`` x the measured seconds per evaluation, shared by ``workers`` processes.
+
+    Process start-up and checkpoint writes are not included (a few % of a run).
     """
     base = calibration.seconds_per_step["base"]
-    total = sum(calibrated_cost(r, r.steps, calibration) for r in runs) + teacher_steps
-    return total * base / max(1, workers)
+    steps = sum(calibrated_cost(r, r.steps, calibration) for r in runs) + teacher_steps
+    work = steps * base + evaluations * calibration.seconds_per_evaluation
+    return calibration_seconds + work / max(1, workers)
 
 
 def load_or_measure(path: Path, key: dict, measure: Callable[[], Calibration]) -> Calibration:
@@ -102,6 +147,7 @@ def load_or_measure(path: Path, key: dict, measure: Callable[[], Calibration]) -
             return Calibration.from_dict(saved)
     cal = measure()
     cal.key = key
+    path.parent.mkdir(parents=True, exist_ok=True)  # after measuring: a model refused while timing leaves no folder
     tmp = path.with_suffix(".partial")
     tmp.write_text(json.dumps(cal.to_dict(), indent=2))
     tmp.replace(path)

@@ -116,20 +116,29 @@ def to_train(jobs: list[Job], ctx: Context, teachers: dict[str, TeacherRecord] |
     return out
 
 
-def log_plan(jobs: list[Job], ctx: Context, calibration: Calibration, workers: int) -> float:
+def evaluations(steps: int, every: int) -> int:
+    """Evaluations of a ``steps``-step run evaluated every ``every`` steps (and at its end: a curve's last point)."""
+    return -(-steps // max(1, every)) if steps else 0
+
+
+def log_plan(jobs: list[Job], ctx: Context, calibration: Calibration, workers: int,
+             calibration_seconds: float = 0.0) -> float:
     """Log what will be trained (finished runs excluded) and the time it should take here; returns seconds."""
-    peeked = {j.name: ctx.backend.peek_teacher(j.name) for j in jobs if j.variant is None}
+    backend = ctx.backend
+    peeked = {j.name: backend.peek_teacher(j.name) for j in jobs if j.variant is None}
     todo = to_train(jobs, ctx, {n: t for n, t in peeked.items() if t is not None})
     runs = [RunRecord(j.name, j.variant.role, j.seed, j.steps, j.run_dir, list(j.variant.teachers),
                       j.variant.kd_stop_ratio, j.variant.selection, 0, []) for j in todo]
-    teacher_steps = sum(ctx.backend.teacher_steps_to_train(j.name) for j in jobs if j.variant is None)
+    teachers = [backend.teacher_steps_to_train(j.name) for j in jobs if j.variant is None]
+    n_evals = sum(evaluations(r.steps, backend.preset.eval_every) for r in runs) + \
+        sum(evaluations(s, backend.teacher_eval_every(s)) for s in teachers)
     names = sorted({j.name for j in jobs if j.variant is not None})
     seeds = sorted({j.seed for j in jobs if j.variant is not None})
-    sec = estimate_seconds(runs, teacher_steps, calibration, workers)
+    sec = estimate_seconds(runs, sum(teachers), calibration, workers, n_evals, calibration_seconds)
     logger.info("plan: %d variants (%s) x seeds %s; to train now: %d runs + %d teacher steps, %d worker(s); "
-                "estimated %.0f min of training here (%.3f s per baseline step measured just now; evaluations "
-                "not included)", len(names), ", ".join(names), seeds, len(runs), teacher_steps, workers, sec / 60,
-                calibration.seconds_per_step["base"])
+                "estimated %.1f min here (calibration %.0f s; %.3f s per baseline step, %.2f s per evaluation x %d "
+                "evaluations)", len(names), ", ".join(names), seeds, len(runs), sum(teachers), workers, sec / 60,
+                calibration_seconds, calibration.seconds_per_step["base"], calibration.seconds_per_evaluation, n_evals)
     return sec
 
 

@@ -111,8 +111,32 @@ def _parse(value: str, type_name: str, key: str):
     return value
 
 
+# The range each numeric preset field must lie in: (test, what is expected). A zero batch size or step count
+# would otherwise fail deep inside a collator or a scheduler, after the corpus and the models were built.
+_AT_LEAST_ONE = (lambda x: x >= 1, "an integer >= 1")
+VALID_RANGES = {
+    **{k: _AT_LEAST_ONE for k in ("vocab_size", "max_seq_length", "batch_size", "steps", "eval_every",
+                                  "good_teacher_steps", "second_teacher_steps", "poor_teacher_steps",
+                                  "max_eval_samples")},
+    "warmup_steps": (lambda x: x >= 0, "an integer >= 0"),
+    "learning_rate": (lambda x: x > 0, "a number > 0"),
+    "kd_temperature": (lambda x: x > 0, "a number > 0"),
+    "kd_alpha": (lambda x: 0 <= x <= 1, "a number in [0, 1]"),
+    "warmup_ratio": (lambda x: 0 <= x < 1, "a number in [0, 1)"),
+    "mlm_probability": (lambda x: 0 < x < 1, "a number in (0, 1)"),
+    "frontier": (lambda xs: all(x > 0 for x in xs), "comma-separated budgets > 0"),
+}
+
+
+def _check_range(key: str, value, pair: str) -> None:
+    test, expected = VALID_RANGES.get(key, (None, ""))
+    if test is not None and value is not None and not test(value):
+        raise UserError(f"--override {pair} is invalid: expected {key} to be {expected}")
+
+
 def apply_overrides(p, pairs: list[str] | None):
-    """``KEY=VALUE`` pairs replace preset fields (e.g. a tiny CPU rehearsal of gpu-small); unknown keys are errors."""
+    """``KEY=VALUE`` pairs replace preset fields (e.g. a tiny CPU rehearsal of gpu-small); unknown keys and values
+    out of their field's range (:data:`VALID_RANGES`) are errors, raised before any data or model is touched."""
     types = {f.name: str(f.type) for f in fields(p)}
     changes = {}
     for pair in pairs or []:
@@ -120,13 +144,25 @@ def apply_overrides(p, pairs: list[str] | None):
         if not sep or key not in types:
             raise UserError(f"--override {pair!r} is invalid: expected KEY=VALUE with KEY one of {', '.join(types)}")
         changes[key] = _parse(value, types[key], key)
+        _check_range(key, changes[key], pair)
     return replace(p, **changes)
 
 
+# Validation sequences a full-budget text protocol evaluates when its preset does not cap them (the built-in
+# corpus has 119), and the fewest a quick look keeps: the scale for a quick look's smaller evaluation set.
+FULL_EVAL_SEQUENCES, QUICK_EVAL_SEQUENCES = 128, 32
+
+
 def scale_steps(p, steps: int):
-    """The students' budget set to ``steps``; evaluation interval and trained teachers scale with it."""
+    """The students' budget set to ``steps``; evaluation interval and trained teachers scale with it, and so, for a
+    quick look (fewer steps than the preset's), does a text protocol's validation set: each run still evaluates
+    ~10 times, so without it a 24-step look would spend as long evaluating as a 120-step run."""
     k = steps / p.steps
-    return replace(p, steps=steps, eval_every=max(1, int(p.eval_every * k)),
+    changes = dict(steps=steps, eval_every=max(1, int(p.eval_every * k)),
                    good_teacher_steps=max(1, int(p.good_teacher_steps * k)),
                    second_teacher_steps=max(1, int(p.second_teacher_steps * k)),
                    poor_teacher_steps=max(1, int(p.poor_teacher_steps * k)))
+    if k < 1 and hasattr(p, "max_eval_samples"):
+        cap = p.max_eval_samples or FULL_EVAL_SEQUENCES
+        changes["max_eval_samples"] = min(cap, max(QUICK_EVAL_SEQUENCES, int(cap * k)))
+    return replace(p, **changes)

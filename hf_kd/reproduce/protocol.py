@@ -132,6 +132,7 @@ class Calibration:
     threads: int = 0
     kinds: list[str] = field(default_factory=list)
     teacher_parameters: dict[str, int] = field(default_factory=dict)  # kind -> parameters of the teachers timed
+    seconds_per_evaluation: float = 0.0  # one evaluation of the validation set (0: not measured)
     key: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -170,8 +171,13 @@ class TaskBackend(Protocol):
     def has_checkpoint(self, run_dir: Path) -> bool:
         """Whether ``run_dir`` holds a complete checkpoint to resume from."""
 
-    def measure_step_costs(self, kinds: list[str]) -> Calibration:
-        """Seconds per optimizer step of each kind, with teachers of the real teachers' size."""
+    def measure_step_costs(self, kinds: list[str], rounds: int = 5, steps_per_round: int = 3,
+                           workers: int = 1) -> Calibration:
+        """Seconds per optimizer step of each kind, with teachers of the real teachers' size, while ``workers - 1``
+        other trainings run beside it (and, where the back end measures it, seconds per evaluation)."""
+
+    def teacher_eval_every(self, steps: int) -> int:
+        """The evaluation interval of a teacher trained for ``steps`` (the plan's time estimate counts them)."""
 
     def results_extra(self) -> dict:
         """What results.json keeps about the data (``corpus_stats``, ``regime``)."""

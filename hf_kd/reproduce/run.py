@@ -7,6 +7,7 @@ hands it to :func:`run_protocol`; nothing here knows which task it runs.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,23 +23,28 @@ logger = logging.getLogger(__name__)
 
 def run_protocol(backend: TaskBackend, output_dir: str, seeds: int = 1, only: list[str] | None = None,
                  full: bool = True, workers: int = 1, threads: int = 1, calibrate: bool = True,
-                 baseline_dir: str | None = None) -> dict:
+                 baseline_dir: str | None = None, calibration_rounds: tuple[int, int] = (5, 3)) -> dict:
     """Run the protocol (resumable: finished runs are reused); returns the results dict (also in ``output_dir``).
 
-    ``baseline_dir``: a folder of runs without teachers shared with other protocols (see ``protocol.run_dir_for``)."""
+    ``baseline_dir``: a folder of runs without teachers shared with other protocols (see ``protocol.run_dir_for``).
+    ``calibration_rounds``: (rounds, steps per round) of the step-cost calibration (``calibrate.calibration_size``)."""
     p = backend.preset
     vs = select_variants(p.frontier, only, full)
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     ctx = Context(backend, save_every=2 * p.eval_every)
     jobs = plan_jobs(p, vs, seeds, out, Path(baseline_dir) if baseline_dir else None)
     calibration = None
     if calibrate:
         kinds = kinds_for(vs)
         torch.set_num_threads(threads)
-        calibration = load_or_measure(out / "calibration.json", {**backend.key, "kinds": kinds, "threads": threads},
-                                      lambda: backend.measure_step_costs(kinds))
-        log_plan(jobs, ctx, calibration, workers)
+        t0 = time.perf_counter()
+        # timed beside workers - 1 other trainings, as the runs will be (part of the key: it changes the seconds)
+        key = {**backend.key, "kinds": kinds, "threads": threads, **({"workers": workers} if workers > 1 else {})}
+        calibration = load_or_measure(out / "calibration.json", key,
+                                      lambda: backend.measure_step_costs(kinds, *calibration_rounds, workers=workers))
+        log_plan(jobs, ctx, calibration, workers, calibration_seconds=time.perf_counter() - t0)
+    # created only now: the refusals above (a plan, a model setting found bad while calibrating) leave no folder
+    out.mkdir(parents=True, exist_ok=True)
     if workers > 1:
         ctx = Context(backend.for_workers(out / "corpus"), ctx.save_every, progress=False)
     teachers, runs = execute(jobs, ctx, workers, threads)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 import tempfile
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from ..text.data import cache_root
 from ..text.pretrain import mlm_accuracy, next_token_accuracy, text_collator, trainer_for_data
 from ..text.script_args import DataArguments, ModelArguments
 from ..text.trainer import DistillationTrainer
-from .calibrate import teachers_per_kind, time_step_kinds
+from .calibrate import running_in_background, teachers_per_kind, time_step_kinds
 from .corpus import BUILTIN_NAME, Corpus, load_corpus, load_saved_corpus, save_corpus, unigram_entropy
 from .presets import TextPreset
 from .protocol import (
@@ -194,12 +195,15 @@ class TextBackend:
         steps, seed = teacher_steps(p)[name]
 
         def train(folder: Path) -> dict:
-            trainer = self.train_one(folder, steps, seed, progress=progress, eval_every=max(p.eval_every, steps // 6))
+            trainer = self.train_one(folder, steps, seed, progress=progress, eval_every=self.teacher_eval_every(steps))
             trainer.save_model()
             return {"steps": steps, "seed": seed, "gpu_hours": trainer.cost_callback.meter.gpu_hours,
                     "final_quality": [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e][-1]}
 
         return cached_teacher(self.teacher_folder(name), name, train)
+
+    def teacher_eval_every(self, steps: int) -> int:
+        return max(self.preset.eval_every, steps // 6)  # a teacher's curve is not plotted: ~6 points suffice
 
     def _auto_class(self):
         return transformers.AutoModelForCausalLM if self.task == "clm" else transformers.AutoModelForMaskedLM
@@ -226,7 +230,8 @@ class TextBackend:
             return transformers.AutoConfig.from_pretrained(self.preset.recycled_teacher)
         return student.config
 
-    def measure_step_costs(self, kinds: list[str], rounds: int = 5, steps_per_round: int = 3) -> Calibration:
+    def measure_step_costs(self, kinds: list[str], rounds: int = 5, steps_per_round: int = 3,
+                           workers: int = 1) -> Calibration:
         """Per-step costs with teachers of the real teachers' configs (random weights: a forward costs the same
         whatever the weights are), so a KD step is charged what the run pays for its teacher forwards."""
         with tempfile.TemporaryDirectory() as tmp:
@@ -239,7 +244,14 @@ class TextBackend:
             batches = _batches(self.corpus, probe.data_collator, self.preset.batch_size, 4)
             steppers = {k: self._stepper(Path(tmp), student, [teachers[n] for n in names[k]], k) for k in kinds}
             params = {k: sum(p.numel() for n in names[k] for p in teachers[n].parameters()) for k in kinds}
-            return time_step_kinds(steppers, batches, kinds, params, rounds, steps_per_round)
+            # the other workers' trainings, as baseline steps of their own student copies
+            others = [self._stepper(Path(tmp), student, [], f"base-{i}") for i in range(1, workers)]
+            cal = time_step_kinds(steppers, batches, kinds, params, rounds, steps_per_round, others)
+            with running_in_background(others, batches[0]):
+                t0 = time.perf_counter()
+                probe.evaluate()  # the runs' own evaluation: the plan's estimate counts every one of them
+                cal.seconds_per_evaluation = time.perf_counter() - t0
+            return cal
 
     def _stepper(self, folder: Path, student, teachers: list, kind: str):
         """One optimizer step of ``kind`` for the calibration, through the run's own ``compute_loss``."""

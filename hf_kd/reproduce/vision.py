@@ -123,7 +123,11 @@ class VisionBackend:
 
         return cached_teacher(self._teacher_folder(name), name, train)
 
-    def measure_step_costs(self, kinds: list[str]) -> Calibration:
+    def teacher_eval_every(self, steps: int) -> int:
+        return self.preset.eval_every
+
+    def measure_step_costs(self, kinds: list[str], rounds: int = 5, steps_per_round: int = 3,
+                           workers: int = 1) -> Calibration:  # vision runs one worker: none beside it
         """Per-step costs of the loop's own KD step; teachers are the preset's model (the size they are trained at)."""
         with tempfile.TemporaryDirectory() as tmp:
             run = VisionRun(VisionModelArguments(model=self.preset.model), VisionDataArguments(),
@@ -147,7 +151,7 @@ class VisionBackend:
 
                 params = {k: sum(p.numel() for n in (() if k == "post" else names[k]) for p in teachers[n].parameters())
                           for k in kinds}
-                return time_step_kinds({k: stepper(k) for k in kinds}, batches, kinds, params)
+                return time_step_kinds({k: stepper(k) for k in kinds}, batches, kinds, params, rounds, steps_per_round)
             finally:
                 _reset_accelerate()
 
