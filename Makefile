@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine (README, first lines):
 #   make demo   - create .venv, install hf-kd (with the vision extra, no DeepSpeed), run `hf-kd reproduce`
-#   make test   - create .venv, install hf-kd[dev] (adds pytest, ruff, DeepSpeed), run the whole test suite
+#   make test   - create .venv, install hf-kd[dev] (adds pytest, pytest-xdist, ruff, DeepSpeed), run the whole test suite,
+#                 one worker per core (a test file stays on one worker: module fixtures are built once)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -31,7 +32,7 @@ example: setup
 	$(BIN)/python examples/distill_mlm.py
 
 test: setup-dev
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n auto --dist loadfile tests
 
 lint: setup-dev
 	$(BIN)/ruff check .
