@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from ..core.atomic import write_text_atomic
 from ..core.schedule import resolve_kd_stop_step
 from ..core.step_costs import charged_steps, kd_kind
 from .protocol import Calibration, RunRecord, Variant
@@ -148,8 +149,6 @@ def load_or_measure(path: Path, key: dict, measure: Callable[[], Calibration]) -
     cal = measure()
     cal.key = key
     path.parent.mkdir(parents=True, exist_ok=True)  # after measuring: a model refused while timing leaves no folder
-    tmp = path.with_suffix(".partial")
-    tmp.write_text(json.dumps(cal.to_dict(), indent=2))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(cal.to_dict(), indent=2))
     logger.info("calibrated step costs (baseline step = 1): %s", cal.relative)
     return cal

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..core.atomic import write_text_atomic
 from .calibrate import estimate_seconds
 from .protocol import Calibration, Job, RunRecord, TaskBackend, TeacherRecord
 
@@ -97,9 +98,7 @@ def run_job(ctx: Context, job: Job, teachers: dict[str, TeacherRecord]) -> Teach
                     teacher_forwards=outcome.teacher_forwards, log_history=outcome.log_history)
     for ckpt in run_dir.glob("checkpoint-*"):
         shutil.rmtree(ckpt, ignore_errors=True)  # finished: the result and the run's log are what count
-    tmp = run_dir / (RESULT + ".partial")
-    tmp.write_text(json.dumps({"key": key, "run": run.to_dict()}, default=str))
-    tmp.replace(run_dir / RESULT)
+    write_text_atomic(run_dir / RESULT, json.dumps({"key": key, "run": run.to_dict()}, default=str))
     return run
 
 
