@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 import logging
 import re
@@ -16,14 +15,6 @@ import glue_eval
 from glue_eval import run_glue, sweep
 from glue_eval.testing import tiny_checkpoint, write_glue_fixture
 from tests.support import REPO
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_gc():
-    gc.collect()
-    gc.freeze()
-    yield
-    gc.unfreeze()
 
 
 def test_finetune_arguments_are_training_arguments_without_redeclared_fields():

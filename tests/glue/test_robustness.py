@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import os
@@ -14,13 +13,6 @@ from glue_eval.testing import tiny_checkpoint, write_glue_fixture
 
 FAST = ["--max_steps", "1", "--per_device_train_batch_size", "8", "--use_cpu", "--max_eval_samples", "6"]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_gc():
-    gc.collect()
-    gc.freeze()  # the Trainer's gc.collect() after each fine-tuning stays cheap
-    yield
-    gc.unfreeze()
 
 
 def fake_run(root, steps=(2, 4), final_step=5):

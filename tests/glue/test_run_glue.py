@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import json
 import sys
 
@@ -14,14 +13,6 @@ from glue_eval.testing import tiny_checkpoint, write_glue_fixture
 
 FAST = ["--max_steps", "2", "--per_device_train_batch_size", "8", "--logging_steps", "1", "--use_cpu"]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_gc():
-    """The Trainer runs gc.collect() after every fine-tuning; with the test session's heap frozen it is cheap."""
-    gc.collect()
-    gc.freeze()
-    yield
-    gc.unfreeze()
 
 
 @pytest.fixture

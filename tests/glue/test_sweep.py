@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import json
 
 import pytest
@@ -16,13 +15,6 @@ FAST = ["--max_steps", "1", "--per_device_train_batch_size", "8", "--use_cpu", "
 LOG = [{"step": 1, "loss": 5.0, "gpu_hours": 0.1}, {"step": 1, "eval_loss": 4.0, "gpu_hours": 0.1},
        {"step": 3, "loss": 4.0, "gpu_hours": 0.3}, {"step": 5, "loss": 3.0, "gpu_hours": 0.5}]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_gc():
-    gc.collect()
-    gc.freeze()  # the Trainer's gc.collect() after each fine-tuning stays cheap
-    yield
-    gc.unfreeze()
 
 
 def fake_run(root, steps=(2, 4), final_step=5, final_gpu_hours=0.55):

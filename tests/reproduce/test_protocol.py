@@ -9,21 +9,11 @@ import pytest
 from hf_kd.cli import main as cli_main
 from hf_kd.reproduce.findings import findings
 from hf_kd.reproduce.presets import MLM_TINY
-from hf_kd.reproduce.protocol import RunRecord
 from hf_kd.reproduce.report import TEXT, speedups
 from hf_kd.reproduce.run import run_protocol
 from hf_kd.reproduce.text import TextBackend
 from tests.support.data import write_tiny_corpus
-
-
-def _run(variant, losses, hours_per_step, steps_per_eval=10, role="student", seed=0, forwards=0):
-    log = []
-    for i, loss in enumerate(losses, start=1):
-        step = i * steps_per_eval
-        log.append({"loss": loss, "gpu_hours": step * hours_per_step, "step": step})
-        log.append({"eval_loss": loss, "eval_accuracy": 1 / loss, "gpu_hours": step * hours_per_step, "step": step})
-    return RunRecord(variant=variant, role=role, seed=seed, steps=len(losses) * steps_per_eval, run_dir="",
-                     teachers=[], kd_stop_ratio=None, selection="mean", teacher_forwards=forwards, log_history=log)
+from tests.support.reproduce import synthetic_run as _run
 
 
 def test_speedups_and_findings_on_synthetic_runs():

@@ -7,19 +7,9 @@ import pytest
 from hf_kd.core.uncertainty import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, paired_ratio, verdict
 from hf_kd.reproduce.calibrate import calibrated_cost, kinds_for
 from hf_kd.reproduce.findings import findings
-from hf_kd.reproduce.protocol import Calibration, RunRecord, Variant
+from hf_kd.reproduce.protocol import Calibration, Variant
 from hf_kd.reproduce.report import TEXT, markdown_table, speedups
-
-
-def _run(variant, losses, hours_per_step=1.0, steps_per_eval=10, role="student", seed=0, teachers=(), stop=None):
-    log = []
-    for i, loss in enumerate(losses, start=1):
-        step = i * steps_per_eval
-        log.append({"loss": loss, "gpu_hours": step * hours_per_step, "step": step})
-        log.append({"eval_loss": loss, "eval_accuracy": 1 / loss, "gpu_hours": step * hours_per_step, "step": step})
-    return RunRecord(variant=variant, role=role, seed=seed, steps=len(losses) * steps_per_eval, run_dir="",
-                     teachers=list(teachers), kd_stop_ratio=stop, selection="mean", teacher_forwards=0,
-                     log_history=log)
+from tests.support.reproduce import synthetic_run as _run
 
 
 def _frontier(seed, shift=0.0):

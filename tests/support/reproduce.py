@@ -59,3 +59,18 @@ class SpyBackend(TextBackend):
         trainer = super().train_one(out, *args, **kwargs)
         self.weights[Path(out).name] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
         return trainer
+
+
+def synthetic_run(variant, losses, hours_per_step=1.0, steps_per_eval=10, role="student", seed=0, teachers=(),
+                  stop=None, forwards=0):
+    """A finished run's record with eval losses ``losses`` every ``steps_per_eval`` steps (report math tests)."""
+    from hf_kd.reproduce.protocol import RunRecord
+
+    log = []
+    for i, loss in enumerate(losses, start=1):
+        step = i * steps_per_eval
+        log.append({"loss": loss, "gpu_hours": step * hours_per_step, "step": step})
+        log.append({"eval_loss": loss, "eval_accuracy": 1 / loss, "gpu_hours": step * hours_per_step, "step": step})
+    return RunRecord(variant=variant, role=role, seed=seed, steps=len(losses) * steps_per_eval, run_dir="",
+                     teachers=list(teachers), kd_stop_ratio=stop, selection="mean", teacher_forwards=forwards,
+                     log_history=log)
