@@ -22,7 +22,7 @@ from ..core.teachers import load_pretrained
 from .config import DistillationTrainingArguments
 from .data import load_raw_splits
 from .script_args import DataArguments, ModelArguments
-from .trainer import TEACHER_AUTO_CLASS
+from .teacher_loading import TEACHER_AUTO_CLASS
 
 logger = logging.getLogger(__name__)
 

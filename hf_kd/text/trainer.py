@@ -45,11 +45,10 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, Trainer
+from transformers import Trainer
 
 from ..core.callbacks import CostCallback, PreOptimizerStepHook, TrainBeginHook
 from ..core.checkpointing import StagedCheckpoint, latest_complete_checkpoint
@@ -62,7 +61,6 @@ from ..core.teachers import (
     check_teacher_tokenizers,
     check_teacher_vocab,
     freeze_teacher,
-    load_pretrained,
     tokenizer_source,
 )
 from .cached_teachers import CachedTeachers, check_fields, fields_known_to_trainer, open_teacher_cache
@@ -71,57 +69,11 @@ from .config import DistillationTrainingArguments
 from .mlm_objective import MLMObjective
 from .objective import LossSettings, MicroBatch, Objective, StepCounts, attention
 from .sparse_head import SparseHead
-from .task import check_teacher_config, check_teachers_fit, resolve_kd_task
+from .task import check_teachers_fit, resolve_kd_task
+from .teacher_loading import TeacherSpec, load_teachers, teacher_dtype, teacher_items
 from .teacher_targets import LiveTeachers
 
 logger = logging.getLogger(__name__)
-
-TeacherSpec = torch.nn.Module | str | Sequence[torch.nn.Module | str] | None
-TEACHER_AUTO_CLASS = {"mlm": AutoModelForMaskedLM, "clm": AutoModelForCausalLM}
-
-
-def _teacher_dtype(args: DistillationTrainingArguments) -> torch.dtype:
-    # Never None: transformers 5.x reads dtype=None as "the checkpoint's saved dtype" (a bf16 teacher in an fp32 run).
-    if args.teacher_dtype == "auto":
-        return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
-    return getattr(torch, args.teacher_dtype)
-
-
-def teacher_items(spec: TeacherSpec, args: DistillationTrainingArguments) -> list[torch.nn.Module | str]:
-    """The teachers asked for, as a list (``None``: ``args.teacher_model_name_or_path``)."""
-    if spec is None:
-        spec = args.teacher_model_name_or_path or []
-    return [spec] if isinstance(spec, torch.nn.Module | str) else list(spec)
-
-
-def load_teachers(spec: TeacherSpec, args: DistillationTrainingArguments,
-                  task: str = "mlm") -> tuple[list[torch.nn.Module], list[str]]:
-    """Models, paths or Hub ids (or a list of them) -> teacher modules (on the host) and their display names.
-
-    A teacher given by path is checked to be a ``task`` checkpoint from its config before its weights load.
-    """
-    from transformers import AutoConfig
-
-    teachers, names = [], []
-    for item in teacher_items(spec, args):
-        if isinstance(item, str):
-            if Path(item).is_dir() and (Path(item) / "config.json").is_file():
-                try:
-                    config = AutoConfig.from_pretrained(item, trust_remote_code=args.teacher_trust_remote_code)
-                except (OSError, ValueError):
-                    config = None  # unreadable or remote code: load_pretrained below says why, in one line
-                if config is not None:
-                    check_teacher_config(item, config, task)
-            model = load_pretrained(item, TEACHER_AUTO_CLASS[task], dtype=_teacher_dtype(args),
-                                    trust_remote_code=args.teacher_trust_remote_code,
-                                    allow_pickle=args.allow_pickle_weights)
-            teachers.append(model)
-            names.append(item)
-        else:
-            teachers.append(item)
-            names.append(getattr(getattr(item, "config", None), "_name_or_path", "") or type(item).__name__)
-    return teachers, names
-
 
 class DistillationTrainer(Trainer):
     """A ``transformers.Trainer`` whose loss is ``(1 - a) * CE + a * T^2 * KL`` until the KD stop step, for masked
@@ -244,7 +196,7 @@ class DistillationTrainer(Trainer):
         if not self.kd_active(state.global_step):
             self.objective.release_teachers()
             return
-        source.modules[:] = prepare_teachers(source.modules, self.accelerator, self.args, _teacher_dtype(self.args))
+        source.modules[:] = prepare_teachers(source.modules, self.accelerator, self.args, teacher_dtype(self.args))
         for t in source.modules:
             freeze_teacher(t)
 

@@ -145,7 +145,7 @@ def test_teacher_trust_remote_code_is_an_explicit_flag(env, tmp_path, monkeypatc
         raise OSError("stop here")
 
     monkeypatch.setattr(AutoModelForMaskedLM, "from_pretrained", fake_from_pretrained)
-    from hf_kd.text.trainer import load_teachers
+    from hf_kd.text.teacher_loading import load_teachers
 
     model = tiny_model(tmp_path / "model", env.vocab_size)
     for flag in (False, True):
