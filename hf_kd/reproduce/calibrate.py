@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 
 from ..core.atomic import write_text_atomic
-from ..core.schedule import resolve_kd_stop_step
-from ..core.step_costs import charged_steps, kd_kind
-from .protocol import Calibration, RunRecord, Variant
+from ..core.step_costs import kd_kind
+from .costs import CostModel, produce_kind
+from .protocol import CacheSpec, Calibration, RunRecord, Variant
 
 logger = logging.getLogger(__name__)
 ENSEMBLE = ("good", "second", "poor")
@@ -38,27 +38,35 @@ def step_kind(teachers, selection: str = "mean") -> str:
 
 
 def kinds_for(vs: list[Variant]) -> list[str]:
+    """The step kinds ``vs`` need (:mod:`.costs`): a cached KD variant needs its live kind too (the live view)."""
     kinds = {"base"}
     for v in vs:
         if v.teachers:
             kinds.add(step_kind(v.teachers, v.selection))
             if v.kd_stop_ratio is not None:
                 kinds.add("post")
+            if v.outputs == "cached":
+                kinds.update(("cached", produce_kind(int(step_kind(v.teachers, v.selection)[2:]))))
     return sorted(kinds)
 
 
 def teachers_per_kind(kinds: list[str]) -> dict[str, tuple[str, ...]]:
-    """The teachers a step of each kind runs: ``kd1`` and ``post`` the good one, ``kd<k>`` the first ``k`` of the
-    ensemble (a sampled ensemble step runs one teacher; the good one stands for it)."""
-    return {k: ENSEMBLE[:int(k[2:])] if k.startswith("kd") else ("good",) if k == "post" else () for k in kinds}
+    """The teachers a step of each kind runs: ``kd1`` and ``post`` the good one, ``kd<k>`` / ``produce<k>`` the
+    first ``k`` of the ensemble (a sampled ensemble step runs one teacher; the good one stands for it); ``cached``
+    none (it reads targets produced by the good one)."""
+    def names(k: str) -> tuple[str, ...]:
+        for prefix in ("kd", "produce"):
+            if k.startswith(prefix):
+                return ENSEMBLE[:int(k[len(prefix):])]
+        return ("good",) if k in ("post", "cached") else ()
+
+    return {k: names(k) for k in kinds}
 
 
 def calibrated_cost(run: RunRecord, step: float, calibration: Calibration) -> float:
-    """Cost of ``run``'s first ``step`` steps in baseline-step units (``calibration.relative``)."""
-    if not run.teachers:
-        return charged_steps(step, 0, 0, calibration.relative)
-    per_step = len(run.teachers) if (run.selection or "mean") == "mean" else 1
-    return charged_steps(step, per_step, resolve_kd_stop_step(run.steps, run.kd_stop_ratio), calibration.relative)
+    """Cost of ``run``'s first ``step`` steps in baseline-step units (``calibration.relative``), the run alone
+    reading its cache if it has one (the report charges a shared cache with :class:`.costs.CostModel`)."""
+    return CostModel(calibration).cost(run, step)
 
 
 def time_step_kinds(steppers: dict[str, Callable], batches: list, kinds: list[str], teacher_parameters: dict[str, int],
@@ -126,15 +134,18 @@ def calibration_size(scale: float = 1.0) -> tuple[int, int]:
 
 
 def estimate_seconds(runs: list[RunRecord], teacher_steps: int, calibration: Calibration, workers: int = 1,
-                     evaluations: int = 0, calibration_seconds: float = 0.0) -> float:
+                     evaluations: int = 0, calibration_seconds: float = 0.0, caches: list[CacheSpec] = ()) -> float:
     """Time the plan needs on this machine: the calibration itself, plus every run's calibrated steps (teachers'
     steps are baseline steps: they train at the students' size) x the measured seconds per baseline step and
-    ``evaluations`` x the measured seconds per evaluation, shared by ``workers`` processes.
+    ``evaluations`` x the measured seconds per evaluation, and the teacher-output ``caches`` to produce (their
+    steps x the calibrated production cost), shared by ``workers`` processes.
 
     Process start-up and checkpoint writes are not included (a few % of a run).
     """
     base = calibration.seconds_per_step["base"]
-    steps = sum(calibrated_cost(r, r.steps, calibration) for r in runs) + teacher_steps
+    costs = CostModel(calibration)
+    steps = sum(costs.cost(r, r.steps, "sunk") for r in runs) + teacher_steps
+    steps += sum(costs.production(len(c.teachers) if c.selection == "mean" else 1, c.steps) for c in caches)
     work = steps * base + evaluations * calibration.seconds_per_evaluation
     return calibration_seconds + work / max(1, workers)
 

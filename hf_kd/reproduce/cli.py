@@ -51,6 +51,12 @@ class ReproduceArguments:
     report_to: str = field(default="none", metadata={
         "help": "Tracker for every student's Trainer run (tensorboard, wandb, ...: transformers' --report_to values; "
                 "text and clm tasks), logged under each run's folder. 'none': the report files only."})
+    teacher_outputs: str | None = field(default=None, metadata={
+        "help": "'cached' (text default): each teacher's outputs are computed once per seed's training stream "
+                "(hf-kd cache-teacher's format, top-64) and every KD student of that seed reads them; the report "
+                "shows three cost views (live, amortised: verdicts, sunk) and kd_full_live, KD throughout with a live "
+                "teacher, for the quality at equal steps. 'live' (vision default): a teacher forward at every KD "
+                "step, the paper's protocol.", "choices": ("cached", "live")})
     study: bool = field(default=False, metadata={
         "help": "Run the regime study (where KD pays: budget, teacher strength, KD positions, alpha/T; "
                 "docs/regime_study.md) into --output_dir; --only picks cells, --rerender [--check] rebuilds it."})
@@ -71,6 +77,11 @@ def _validate(a: ReproduceArguments) -> None:
     if a.study and (a.task != "mlm" or a.preset != "tiny"):
         raise UserError(f"--study with --task {a.task} --preset {a.preset} is invalid: expected --task mlm --preset "
                         "tiny (the study varies the tiny MLM protocol)")
+    if a.task == "vision" and a.teacher_outputs == "cached":
+        raise UserError("--teacher_outputs cached with --task vision is invalid: expected live (teacher-output "
+                        "caches serve the text tasks)")
+    if a.teacher_outputs is None:
+        a.teacher_outputs = "live" if a.task == "vision" else "cached"
     if a.task in ("clm", "vision") and a.preset != "tiny" and not a.rerender:
         raise UserError(f"--preset {a.preset!r} with --task {a.task} is invalid: expected --preset tiny (the "
                         "other presets are MLM protocols)")
@@ -90,7 +101,7 @@ def _protocol(a: ReproduceArguments) -> dict:
         check_model_reference(p.recycled_teacher, "--override recycled_teacher")
     if a.steps:
         p = scale_steps(p, a.steps)
-    select_variants(p.frontier, a.only, a.full)  # a mistyped --only fails before any data is loaded
+    select_variants(p.frontier, a.only, a.full, a.teacher_outputs)  # a mistyped --only fails before any data loads
     # a quick look (--steps below the preset's) times fewer calibration steps, as it trains fewer
     rounds = calibration_size(p.steps / base.steps)
     if a.task == "vision":
@@ -103,7 +114,7 @@ def _protocol(a: ReproduceArguments) -> dict:
         backend = TextBackend(p, a.corpus, a.report_to)
         workers = 1 if p.streaming or a.preset == "gpu-small" else a.workers
     return run_protocol(backend, a.output_dir, a.seeds or DEFAULT_SEEDS[a.preset], a.only, full=a.full,
-                        workers=workers, threads=a.threads, calibration_rounds=rounds)
+                        workers=workers, threads=a.threads, calibration_rounds=rounds, teacher_outputs=a.teacher_outputs)
 
 
 def _text_backend(a: ReproduceArguments):

@@ -50,7 +50,7 @@ def run_key(ctx: Context, job: Job, teachers: dict[str, TeacherRecord]) -> dict:
 # Preset fields that do not change a training without teachers (the KD knobs, the teachers' budgets, the
 # protocol's budget and frontier: the run's own step count is in the key).
 KD_ONLY_FIELDS = ("steps", "frontier", "kd_alpha", "kd_temperature", "kd_positions", "good_teacher_steps",
-                  "second_teacher_steps", "poor_teacher_steps", "recycled_teacher")
+                  "second_teacher_steps", "poor_teacher_steps", "recycled_teacher", "cache_top_k")
 
 
 def comparable(key: dict) -> dict:
@@ -78,7 +78,10 @@ def finished(run_dir: Path, key: dict, quiet: bool = False) -> dict | None:
 
 
 def run_job(ctx: Context, job: Job, teachers: dict[str, TeacherRecord]) -> TeacherRecord | RunRecord:
-    """Train ``job`` unless already finished; returns a teacher's record or a student's run record."""
+    """Train ``job`` unless already finished; returns a teacher's (or cache's) record or a student's run record."""
+    if job.variant is None and job.cache is not None:
+        return ctx.backend.ensure_teacher_outputs(job.cache, [teachers[t] for t in job.cache.teachers],
+                                                  progress=ctx.progress)
     if job.variant is None:
         return ctx.backend.ensure_teacher(job.name, progress=ctx.progress)
     v, run_dir = job.variant, Path(job.run_dir)
@@ -95,7 +98,8 @@ def run_job(ctx: Context, job: Job, teachers: dict[str, TeacherRecord]) -> Teach
     outcome = ctx.backend.train(job, [teachers[t].path for t in v.teachers], ctx.save_every, progress=False)
     run = RunRecord(variant=v.name, role=v.role, seed=job.seed, steps=job.steps, run_dir=str(run_dir),
                     teachers=list(v.teachers), kd_stop_ratio=v.kd_stop_ratio, selection=v.selection,
-                    teacher_forwards=outcome.teacher_forwards, log_history=outcome.log_history)
+                    teacher_forwards=outcome.teacher_forwards, log_history=outcome.log_history,
+                    teacher_outputs=v.outputs, cache=job.cache.name if job.cache else "")
     for ckpt in run_dir.glob("checkpoint-*"):
         shutil.rmtree(ckpt, ignore_errors=True)  # finished: the result and the run's log are what count
     write_text_atomic(run_dir / RESULT, json.dumps({"key": key, "run": run.to_dict()}, default=str))
@@ -124,19 +128,24 @@ def log_plan(jobs: list[Job], ctx: Context, calibration: Calibration, workers: i
              calibration_seconds: float = 0.0) -> float:
     """Log what will be trained (finished runs excluded) and the time it should take here; returns seconds."""
     backend = ctx.backend
-    peeked = {j.name: backend.peek_teacher(j.name) for j in jobs if j.variant is None}
+    teacher_jobs = [j for j in jobs if j.variant is None and j.cache is None]
+    peeked = {j.name: backend.peek_teacher(j.name) for j in teacher_jobs}
     todo = to_train(jobs, ctx, {n: t for n, t in peeked.items() if t is not None})
     runs = [RunRecord(j.name, j.variant.role, j.seed, j.steps, j.run_dir, list(j.variant.teachers),
-                      j.variant.kd_stop_ratio, j.variant.selection, 0, []) for j in todo]
-    teachers = [backend.teacher_steps_to_train(j.name) for j in jobs if j.variant is None]
+                      j.variant.kd_stop_ratio, j.variant.selection, 0, [], j.variant.outputs,
+                      j.cache.name if j.cache else "") for j in todo]
+    teachers = [backend.teacher_steps_to_train(j.name) for j in teacher_jobs]
+    caches = [j.cache for j in jobs if j.variant is None and j.cache is not None
+              and not (Path(j.cache.folder) / "manifest.json").is_file()]
     n_evals = sum(evaluations(r.steps, backend.preset.eval_every) for r in runs) + \
         sum(evaluations(s, backend.teacher_eval_every(s)) for s in teachers)
     names = sorted({j.name for j in jobs if j.variant is not None})
     seeds = sorted({j.seed for j in jobs if j.variant is not None})
-    sec = estimate_seconds(runs, sum(teachers), calibration, workers, n_evals, calibration_seconds)
-    logger.info("plan: %d variants (%s) x seeds %s; to train now: %d runs + %d teacher steps, %d worker(s); "
+    sec = estimate_seconds(runs, sum(teachers), calibration, workers, n_evals, calibration_seconds, caches)
+    logger.info("plan: %d variants (%s) x seeds %s; to train now: %d runs + %d teacher steps + %d teacher-output "
+                "cache(s), %d worker(s); "
                 "estimated %.1f min here (calibration %.0f s; %.3f s per baseline step, %.2f s per evaluation x %d "
-                "evaluations)", len(names), ", ".join(names), seeds, len(runs), sum(teachers), workers, sec / 60,
+                "evaluations)", len(names), ", ".join(names), seeds, len(runs), sum(teachers), len(caches), workers, sec / 60,
                 calibration_seconds, calibration.seconds_per_step["base"], calibration.seconds_per_evaluation, n_evals)
     return sec
 

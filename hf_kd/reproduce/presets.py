@@ -51,6 +51,7 @@ class TextPreset:
     recycled_teacher: str | None = None  # a pretrained model (path or Hub id) used as teacher "good", not trained
     bf16: bool = False  # on a GPU only
     task: str = "mlm"  # "clm": GPT-style students and teachers (``clm_preset_config``), next-token loss
+    cache_top_k: int = 64  # teacher tokens stored per KD position with --teacher_outputs cached (docs/cache.md)
 
     def __post_init__(self):
         if self.task not in TEXT_TASKS:

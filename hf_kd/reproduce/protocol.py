@@ -15,11 +15,12 @@ import hashlib
 import json
 import logging
 import shutil
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from ..core.errors import UserError
+from ..core.schedule import resolve_kd_stop_step
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class Variant:
     selection: str = "mean"
     budget: float = 1.0
     role: str = "student"  # "student" | "frontier"
+    outputs: str = "live"  # teacher outputs: "live" (a forward per KD step) or "cached" (read from a cache)
 
 
 # What `hf-kd reproduce` runs by default (3 seeds of each fit ~20 min on 2 CPU cores); `--full` runs all.
@@ -51,7 +53,25 @@ def variants(frontier: tuple[float, ...], full: bool = True) -> list[Variant]:
     return out if full else [v for v in out if v.name in DEFAULT_VARIANTS]
 
 
-def select_variants(frontier: tuple[float, ...], only: list[str] | None, full: bool) -> list[Variant]:
+TEACHER_OUTPUTS = ("cached", "live")
+LIVE_TWIN = "kd_full_live"  # with cached outputs: KD throughout with a live teacher, the cached runs' quality check
+
+
+def with_outputs(vs: list[Variant], teacher_outputs: str) -> list[Variant]:
+    """``vs`` with their KD variants reading ``teacher_outputs``; with ``cached``, plus :data:`LIVE_TWIN` when
+    ``kd_full`` runs (the same run with a live teacher: the report's cached-vs-live quality at equal steps)."""
+    if teacher_outputs not in TEACHER_OUTPUTS:
+        raise UserError(f"--teacher_outputs {teacher_outputs!r} is invalid: expected one of {', '.join(TEACHER_OUTPUTS)}")
+    if teacher_outputs == "live":
+        return vs
+    out = [replace(v, outputs="cached") if v.teachers else v for v in vs]
+    if any(v.name == "kd_full" for v in vs):
+        out.insert(next(i for i, v in enumerate(out) if v.name == "kd_full") + 1, Variant(LIVE_TWIN, ("good",)))
+    return out
+
+
+def select_variants(frontier: tuple[float, ...], only: list[str] | None, full: bool,
+                    teacher_outputs: str = "live") -> list[Variant]:
     """The variants to run: ``only`` (plus the baselines) from the whole grid, else the default or full set."""
     everything = variants(frontier, full=True)
     if only:
@@ -60,8 +80,10 @@ def select_variants(frontier: tuple[float, ...], only: list[str] | None, full: b
         if bad:
             raise UserError(f"--only {' '.join(bad)}: unknown variant(s); expected some of {', '.join(names)}")
         # the baselines (1x and the frontier) always run: every speed-up is measured against them
-        return [v for v in everything if v.name in only or v.name == "baseline" or v.role == "frontier"]
-    return variants(frontier, full=full)
+        chosen = [v for v in everything if v.name in only or v.name == "baseline" or v.role == "frontier"]
+    else:
+        chosen = variants(frontier, full=full)
+    return with_outputs(chosen, teacher_outputs)
 
 
 def teacher_steps(p: Any) -> dict[str, tuple[int, int]]:
@@ -79,7 +101,22 @@ class Job:
     steps: int = 0
     variant: Variant | None = None
     run_dir: str = ""
-    needs: tuple[str, ...] = field(default_factory=tuple)  # teacher names that must exist first
+    needs: tuple[str, ...] = field(default_factory=tuple)  # teachers (and a teacher-output cache) needed first
+    cache: CacheSpec | None = None  # a cache to produce (``variant is None``), or the one a cached run reads
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """One teacher-output cache of the protocol: ``teachers`` (``selection``) over seed ``seed``'s training stream,
+    steps ``0..steps-1`` (the latest KD stop among the runs that read it), in ``folder``."""
+
+    name: str
+    teachers: tuple[str, ...]
+    selection: str
+    seed: int
+    steps: int
+    max_steps: int
+    folder: str
 
 
 @dataclass
@@ -112,13 +149,15 @@ class RunRecord:
     selection: str
     teacher_forwards: int
     log_history: list[dict]
+    teacher_outputs: str = "live"  # "cached": KD targets read from the teacher-output cache ``cache``
+    cache: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> RunRecord:
-        return cls(**{f.name: d.get(f.name) for f in fields(cls)})
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
 @dataclass
@@ -166,7 +205,12 @@ class TaskBackend(Protocol):
         """Train teacher ``name`` once (cached by what shapes it and the data), or return the cached one."""
 
     def train(self, job: Job, teachers: list[str], save_every: int | None, progress: bool) -> RunOutcome:
-        """Train ``job`` from ``teachers`` (paths) into ``job.run_dir``, resuming a complete checkpoint there."""
+        """Train ``job`` from ``teachers`` (paths) into ``job.run_dir``, resuming a complete checkpoint there; a
+        cached run (``job.cache``) reads its targets from the cache instead of running the teachers."""
+
+    def ensure_teacher_outputs(self, spec: CacheSpec, teachers: list[TeacherRecord], progress: bool) -> TeacherRecord:
+        """Produce the cache ``spec`` once (resumable; kept for reruns), or return the finished one; its record's
+        meta holds what the report shows (bytes, positions, producing seconds)."""
 
     def has_checkpoint(self, run_dir: Path) -> bool:
         """Whether ``run_dir`` holds a complete checkpoint to resume from."""
@@ -221,8 +265,31 @@ def run_dir_for(v: Variant, steps: int, seed: int, out: Path, baseline_dir: Path
     return out / "runs" / f"{v.name}-seed{seed}"
 
 
+def kd_stop_of(v: Variant, steps: int) -> int:
+    return min(resolve_kd_stop_step(steps, v.kd_stop_ratio), steps)
+
+
+def plan_caches(runs: list[Job], out: Path) -> list[Job]:
+    """One cache-producing job per (teachers, selection, seed) that cached runs read, covering their latest KD
+    stop; each reading run gets the cache in ``job.cache`` and needs its job."""
+    groups: dict[tuple, list[Job]] = {}
+    for j in runs:
+        if j.variant.outputs == "cached" and j.variant.teachers:
+            groups.setdefault((j.variant.teachers, j.variant.selection, j.seed), []).append(j)
+    jobs = []
+    for (teachers, selection, seed), readers in groups.items():
+        steps = max(kd_stop_of(j.variant, j.steps) for j in readers)
+        name = f"outputs-{'+'.join(teachers)}-{selection}-seed{seed}"
+        spec = CacheSpec(name, teachers, selection, seed, steps, max(j.steps for j in readers),
+                         str(out / "teacher_outputs" / name))
+        jobs.append(Job(name, seed, steps, None, spec.folder, teachers, spec))
+        for j in readers:
+            j.cache, j.needs = spec, (*j.needs, name)
+    return jobs
+
+
 def plan_jobs(p: Any, vs: list[Variant], seeds: int, out: Path, baseline_dir: Path | None = None) -> list[Job]:
-    """Teachers first, then the longest trainings first (so parallel workers finish together)."""
+    """Teachers first, then caches, then the longest trainings first (so parallel workers finish together)."""
     order = list(teacher_steps(p))
     needed = sorted({t for v in vs for t in v.teachers}, key=order.index)
     jobs = [Job(n, steps=teacher_steps(p)[n][0]) for n in needed]
@@ -233,4 +300,5 @@ def plan_jobs(p: Any, vs: list[Variant], seeds: int, out: Path, baseline_dir: Pa
     if same:  # two parallel trainings into one folder would corrupt it
         raise UserError(f"variants {same[0][0]} and {same[0][1]} are both a {steps[same[0][0]]}-step baseline: "
                         "expected frontier budgets that round to distinct step counts")
-    return jobs + sorted(runs, key=lambda j: (bool(j.needs), -j.steps))
+    caches = plan_caches(runs, out)
+    return jobs + caches + sorted(runs, key=lambda j: (bool(j.needs), -j.steps))

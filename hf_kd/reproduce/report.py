@@ -19,8 +19,10 @@ from pathlib import Path
 from ..core.curves import plot_curves
 from ..core.errors import UserError
 from ..core.uncertainty import RULE, format_per_seed, format_spread
+from .costs import CostModel
 from .findings import findings
 from .protocol import Calibration, RunRecord
+from .recycle_report import cache_lines, cost_views_section
 from .table import AXES, METRICS, TEXT, VariantRow, axes_of, curve, final, speedups, verdict_axis
 
 logger = logging.getLogger(__name__)
@@ -79,9 +81,10 @@ def plots(runs: list[RunRecord], calibration: Calibration | None, results: dict,
     seed0 = [r for r in runs if r.seed == min(x.seed for x in runs)]
     base = next(r for r in seed0 if r.variant == "baseline")
     levels = reference_levels(results, metric)
+    costs = CostModel(calibration, runs) if calibration else None
     paths = []
     for cost in axes_of(calibration):
-        p = plot_curves([curve(r, cost, metric, calibration) for r in seed0], out / f"quality_vs_{cost}.png",
+        p = plot_curves([curve(r, cost, metric, costs) for r in seed0], out / f"quality_vs_{cost}.png",
                         xlabel=AXES[cost],
                         ylabel=f"{metric['label']} ({'higher' if metric['higher_is_better'] else 'lower'} is better)",
                         title=f"{metric['label']} vs {AXES[cost]}, seed {base.seed}",
@@ -146,7 +149,7 @@ def _regime_lines(results: dict, table: dict[str, VariantRow], metric: dict) -> 
         made = f"recycled {m['source']}" if m.get("source") else f"{m['steps']} steps"
         lines.append(f"- teacher `{n}`: {made}, final {metric['label']} {q:.4f}{below}, "
                      f"{m['gpu_hours']:.5f} GPU-hours (sunk: recycled checkpoints)")
-    return "\n".join(lines)
+    return "\n".join(lines + cache_lines(results))
 
 
 def write_report(results: dict, out: Path, write: bool = True) -> dict:
@@ -177,6 +180,7 @@ def write_report(results: dict, out: Path, write: bool = True) -> dict:
           "the run's cost; ≥ = beyond the best frontier point (a lower bound).\n\n"
           f"{cal}Verdicts use the budget-frontier speed-up on the **{AXES[axis]}** axis; {RULE}.\n\n"
           f"Per-seed frontier speed-ups ({AXES[axis]}):\n{per_seed_lines(table, calibration)}\n\n"
+          f"{cost_views_section(table, runs, metric)}"
           f"## Findings\n{verdicts}\n")
     results["markdown"] = md
     if write:

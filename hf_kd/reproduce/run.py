@@ -23,13 +23,17 @@ logger = logging.getLogger(__name__)
 
 def run_protocol(backend: TaskBackend, output_dir: str, seeds: int = 1, only: list[str] | None = None,
                  full: bool = True, workers: int = 1, threads: int = 1, calibrate: bool = True,
-                 baseline_dir: str | None = None, calibration_rounds: tuple[int, int] = (5, 3)) -> dict:
+                 baseline_dir: str | None = None, calibration_rounds: tuple[int, int] = (5, 3),
+                 teacher_outputs: str = "live") -> dict:
     """Run the protocol (resumable: finished runs are reused); returns the results dict (also in ``output_dir``).
 
     ``baseline_dir``: a folder of runs without teachers shared with other protocols (see ``protocol.run_dir_for``).
-    ``calibration_rounds``: (rounds, steps per round) of the step-cost calibration (``calibrate.calibration_size``)."""
+    ``calibration_rounds``: (rounds, steps per round) of the step-cost calibration (``calibrate.calibration_size``).
+    ``teacher_outputs``: ``"cached"``: KD students read teacher outputs produced once per (teachers, seed) into
+    ``output_dir/teacher_outputs`` (and ``kd_full_live`` checks their quality against a live teacher);
+    ``"live"``: every KD step runs its teachers (the paper's protocol)."""
     p = backend.preset
-    vs = select_variants(p.frontier, only, full)
+    vs = select_variants(p.frontier, only, full, teacher_outputs)
     out = Path(output_dir)
     ctx = Context(backend, save_every=2 * p.eval_every)
     jobs = plan_jobs(p, vs, seeds, out, Path(baseline_dir) if baseline_dir else None)
@@ -50,7 +54,10 @@ def run_protocol(backend: TaskBackend, output_dir: str, seeds: int = 1, only: li
     teachers, runs = execute(jobs, ctx, workers, threads)
     names = [v.name for v in vs]
     runs.sort(key=lambda r: (r.seed, names.index(r.variant)))
+    caches = {j.name for j in jobs if j.variant is None and j.cache is not None}
     results = {"task": backend.task, "preset": asdict(p), "corpus": backend.data_name, **backend.results_extra(),
-               "calibration": calibration.to_dict() if calibration else None,
-               "teachers": {n: t.meta for n, t in teachers.items()}, "runs": [r.to_dict() for r in runs]}
+               "calibration": calibration.to_dict() if calibration else None, "teacher_outputs": teacher_outputs,
+               "teachers": {n: t.meta for n, t in teachers.items() if n not in caches},
+               **({"caches": {n: teachers[n].meta for n in sorted(caches)}} if caches else {}),
+               "runs": [r.to_dict() for r in runs]}
     return write_report(results, out)

@@ -28,10 +28,12 @@ from ..text.data import cache_root
 from ..text.pretrain import mlm_accuracy, next_token_accuracy, text_collator, trainer_for_data
 from ..text.script_args import DataArguments, ModelArguments
 from ..text.trainer import DistillationTrainer
+from . import text_outputs
 from .calibrate import running_in_background, teachers_per_kind, time_step_kinds
 from .corpus import BUILTIN_NAME, Corpus, load_corpus, load_saved_corpus, save_corpus, unigram_entropy
 from .presets import TextPreset
 from .protocol import (
+    CacheSpec,
     Calibration,
     Job,
     RunOutcome,
@@ -51,7 +53,7 @@ TEACHER_KEY_FIELDS = ("model_preset", "vocab_size", "max_seq_length", "batch_siz
 
 def training_args(p: TextPreset, out: Path, steps: int, seed: int, v: Variant | None = None,
                   report_progress: bool = True, save_every: int | None = None,
-                  report_to: str = "none") -> DistillationTrainingArguments:
+                  report_to: str = "none", kd_teacher_cache: str | None = None) -> DistillationTrainingArguments:
     """The run's flags (each one is a ``run_mlm_kd.py`` / ``run_clm_kd.py`` flag of the same name)."""
     return DistillationTrainingArguments(
         output_dir=str(out), max_steps=steps, per_device_train_batch_size=p.batch_size,
@@ -64,7 +66,7 @@ def training_args(p: TextPreset, out: Path, steps: int, seed: int, v: Variant | 
         disable_tqdm=not report_progress, dataloader_num_workers=0, kd_task=p.task,
         kd_alpha=p.kd_alpha, kd_temperature=p.kd_temperature, kd_positions=p.kd_positions,
         kd_stop_ratio=v.kd_stop_ratio if v else None, kd_teacher_selection=v.selection if v else "mean",
-        overwrite_output_dir=True)
+        kd_teacher_cache=kd_teacher_cache, overwrite_output_dir=True)
 
 
 def preset_key(p: TextPreset) -> dict:
@@ -106,10 +108,10 @@ class TextBackend:
                              max_eval_samples=p.max_eval_samples, **source)
 
     def args(self, out: Path, steps: int, seed: int, v: Variant | None = None, progress: bool = False,
-             save_every: int | None = None, report_to: str = "none",
-             eval_every: int | None = None) -> DistillationTrainingArguments:
+             save_every: int | None = None, report_to: str = "none", eval_every: int | None = None,
+             kd_teacher_cache: str | None = None) -> DistillationTrainingArguments:
         p = replace(self.preset, eval_every=eval_every) if eval_every else self.preset
-        return training_args(p, out, steps, seed, v, progress, save_every, report_to)
+        return training_args(p, out, steps, seed, v, progress, save_every, report_to, kd_teacher_cache)
 
     def _data_name(self) -> str:
         p = self.preset
@@ -132,9 +134,13 @@ class TextBackend:
     def trainer(self, out: Path, steps: int, seed: int, teachers: list[str] | list[torch.nn.Module] = (),
                 v: Variant | None = None, progress: bool = False, save_every: int | None = None,
                 report_to: str = "none", student: torch.nn.Module | None = None,
-                eval_every: int | None = None) -> DistillationTrainer:
-        """A ready trainer for one run: the scripts' factory with this run's arguments and teachers."""
-        args = self.args(out, steps, seed, v, progress, save_every, report_to, eval_every)
+                eval_every: int | None = None, kd_teacher_cache: str | None = None) -> DistillationTrainer:
+        """A ready trainer for one run: the scripts' factory with this run's arguments and teachers (or cache)."""
+        args = self.args(out, steps, seed, v, progress, save_every, report_to, eval_every, kd_teacher_cache)
+        return self.trainer_for_args(args, teachers, student)
+
+    def trainer_for_args(self, args: DistillationTrainingArguments, teachers=(),
+                         student: torch.nn.Module | None = None) -> DistillationTrainer:
         trainer = trainer_for_data(self.model_args(), self.data_args(), args, self.corpus.data,
                                    teacher_model=list(teachers) or None, task=self.task, student=student)
         if args.disable_tqdm:  # no progress bar wanted: no per-log dict printed either (parallel workers stay quiet)
@@ -143,12 +149,18 @@ class TextBackend:
 
     def train_one(self, out: Path, steps: int, seed: int, teachers: list[str] = (), v: Variant | None = None,
                   progress: bool = False, save_every: int | None = None, report_to: str = "none",
-                  eval_every: int | None = None) -> DistillationTrainer:
+                  eval_every: int | None = None, kd_teacher_cache: str | None = None) -> DistillationTrainer:
         """Train a student (or teacher: no ``teachers``) from a fresh ``seed`` init; returns the finished trainer.
 
-        With ``save_every``, checkpoints are written and a complete one already in ``out`` is resumed from.
+        With ``save_every``, checkpoints are written and a complete one already in ``out`` is resumed from. With
+        ``kd_teacher_cache``, KD targets are read from that cache (checked against the run first), ``teachers``
+        only compared with the cache's.
         """
-        trainer = self.trainer(out, steps, seed, teachers, v, progress, save_every, report_to, eval_every=eval_every)
+        cached = kd_teacher_cache is not None
+        trainer = self.trainer(out, steps, seed, [] if cached else teachers, v, progress, save_every, report_to,
+                               eval_every=eval_every, kd_teacher_cache=kd_teacher_cache)
+        if cached:
+            text_outputs.check_for_run(self, trainer, list(teachers))
         resume = latest_complete_checkpoint(out) if save_every else None
         if resume:
             logger.info("resuming %s from %s", out.name, resume)
@@ -160,8 +172,12 @@ class TextBackend:
 
     def train(self, job: Job, teachers: list[str], save_every: int | None, progress: bool) -> RunOutcome:
         tr = self.train_one(Path(job.run_dir), job.steps, job.seed, teachers, job.variant, progress=progress,
-                            save_every=save_every, report_to=self.report_to)
+                            save_every=save_every, report_to=self.report_to,
+                            kd_teacher_cache=job.cache.folder if job.cache else None)
         return RunOutcome(tr.teacher_forwards, tr.state.log_history)
+
+    def ensure_teacher_outputs(self, spec: CacheSpec, teachers: list[TeacherRecord], progress: bool) -> TeacherRecord:
+        return text_outputs.produce(self, spec, teachers)
 
     def has_checkpoint(self, run_dir: Path) -> bool:
         return latest_complete_checkpoint(run_dir) is not None
@@ -242,8 +258,12 @@ class TextBackend:
             configs = {n: self.teacher_config(n, student) for n in {t for ts in names.values() for t in ts}}
             teachers = {n: self._auto_class().from_config(copy.deepcopy(c)) for n, c in configs.items()}
             batches = _batches(self.corpus, probe.data_collator, self.preset.batch_size, 4)
-            steppers = {k: self._stepper(Path(tmp), student, [teachers[n] for n in names[k]], k) for k in kinds}
-            params = {k: sum(p.numel() for n in names[k] for p in teachers[n].parameters()) for k in kinds}
+            cache = (text_outputs.calibration_cache(self, Path(tmp), student, teachers["good"], batches)
+                     if "cached" in kinds else None)
+            steppers = {k: self._stepper(Path(tmp), student, [teachers[n] for n in names[k]], k, cache, batches)
+                        for k in kinds}
+            params = {k: 0 if k == "cached" else sum(p.numel() for n in names[k] for p in teachers[n].parameters())
+                      for k in kinds}
             # the other workers' trainings, as baseline steps of their own student copies
             others = [self._stepper(Path(tmp), student, [], f"base-{i}") for i in range(1, workers)]
             cal = time_step_kinds(steppers, batches, kinds, params, rounds, steps_per_round, others)
@@ -253,8 +273,14 @@ class TextBackend:
                 cal.seconds_per_evaluation = time.perf_counter() - t0
             return cal
 
-    def _stepper(self, folder: Path, student, teachers: list, kind: str):
-        """One optimizer step of ``kind`` for the calibration, through the run's own ``compute_loss``."""
+    def _stepper(self, folder: Path, student, teachers: list, kind: str, cache: Path | None = None,
+                 batches: list[dict] = ()):
+        """One optimizer step of ``kind`` for the calibration, through the run's own ``compute_loss`` (or one step
+        of teacher-output production: :mod:`.text_outputs`)."""
+        if kind == "cached":
+            return text_outputs.cached_stepper(self, folder, student, cache, batches, self._training_step)
+        if kind.startswith("produce"):
+            return text_outputs.produce_stepper(self, folder, student, teachers, kind)
         model = copy.deepcopy(student).train()
         # A post-cutoff step releases its teachers (moves them off the accelerator): give it copies of its own.
         ts = [copy.deepcopy(t) for t in teachers] if kind == "post" else teachers
@@ -262,6 +288,10 @@ class TextBackend:
         trainer = self.trainer(folder / kind, 1000, 0, ts, v, student=model)
         trainer.state.max_steps = 1000
         trainer.state.global_step = 999 if kind == "post" else 0
+        return self._training_step(trainer, model)
+
+    def _training_step(self, trainer: DistillationTrainer, model: torch.nn.Module):
+        """``step(batch)``: loss, backward and an AdamW step of ``model`` through ``trainer.compute_loss``."""
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
         def step(batch: dict) -> None:

@@ -66,19 +66,16 @@ def teacher_fingerprint(name: str, module: torch.nn.Module) -> str:
 
 def stream_manifest(model_args: ModelArguments, data_args: DataArguments, args: DistillationTrainingArguments,
                     cache_args: CacheArguments, task: str, trainer, stop: int,
-                    fingerprints: list[str] | None = None, teacher_dtype: str | None = None) -> Manifest:
+                    fingerprints: list[str] | None = None, teacher_dtype: str | None = None,
+                    data_hash: str | None = None) -> Manifest:
     """The manifest of the stream and targets this producer (or, later, a reading run) is about.
 
     ``fingerprints`` / ``teacher_dtype``: the teachers' (a reading run has none loaded); by default from
-    ``trainer.teachers``.
+    ``trainer.teachers``. ``data_hash``: the training data's content hash when the caller has it already (``hf-kd
+    reproduce`` hashes its corpus once); by default from the data flags.
     """
-    train_raw, _ = load_raw_splits(data_args)
-    col = data_args.text_column_name
-    if data_args.streaming:  # a Hub stream cannot be read whole here: its identity stands in for its content
-        data_hash = "stream:" + text_content_hash([str(data_args.dataset_name), str(data_args.dataset_config_name),
-                                                   str(data_args.train_file)])
-    else:
-        data_hash = text_content_hash(row[col] for row in train_raw)
+    if data_hash is None:
+        data_hash = _data_hash(data_args)
     names = list(args.teacher_model_name_or_path or [])
     vocab = trainer.model.get_output_embeddings().weight.shape[0]
     return Manifest(
@@ -97,6 +94,13 @@ def stream_manifest(model_args: ModelArguments, data_args: DataArguments, args: 
         str(next(trainer.teachers[0].parameters()).dtype).removeprefix("torch."))
 
 
+def _data_hash(data_args: DataArguments) -> str:
+    """A content hash of the whole training data (never a sample of it)."""
+    if data_args.streaming:  # a Hub stream cannot be read whole here: its identity stands in for its content
+        return "stream:" + text_content_hash([str(data_args.dataset_name), str(data_args.dataset_config_name),
+                                              str(data_args.train_file)])
+    train_raw, _ = load_raw_splits(data_args)
+    return text_content_hash(row[data_args.text_column_name] for row in train_raw)
 
 
 def run_kd_stop_step(trainer) -> int:
@@ -129,9 +133,10 @@ def expected_fingerprints(args: DistillationTrainingArguments, cache: Manifest, 
 
 
 def check_cache_for_run(model_args: ModelArguments, data_args: DataArguments, args: DistillationTrainingArguments,
-                        trainer, task: str) -> None:
+                        trainer, task: str, data_hash: str | None = None) -> None:
     """Refuse, before any training, a ``--kd_teacher_cache`` produced for another run (any manifest field, too few
-    steps for the KD stop) or holding a damaged shard of this rank (:class:`TeacherCacheError`, one line)."""
+    steps for the KD stop) or holding a damaged shard of this rank (:class:`TeacherCacheError`, one line).
+    ``data_hash``: as for :func:`stream_manifest`."""
     cache: TeacherCache = trainer.teacher_cache
     have = cache.manifest
     # The target fields (k, dtypes, targets kind) say what was stored, not which run it serves: taken as stored.
@@ -139,7 +144,8 @@ def check_cache_for_run(model_args: ModelArguments, data_args: DataArguments, ar
                                 logp_dtype=have.logp_dtype, steps_per_shard=have.steps_per_shard)
     stop = run_kd_stop_step(trainer)
     expected = stream_manifest(model_args, data_args, args, cache_args, task, trainer, stop,
-                               fingerprints=expected_fingerprints(args, have, task), teacher_dtype=have.teacher_dtype)
+                               fingerprints=expected_fingerprints(args, have, task), teacher_dtype=have.teacher_dtype,
+                               data_hash=data_hash)
     cache.check_matches(expected, stop if args.kd_alpha > 0 else None)
     cache.verify([trainer.accelerator.process_index])
     logger.info("teacher cache %s matches this run (steps 0..%d cached, KD until step %d)", cache.folder,

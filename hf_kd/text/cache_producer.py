@@ -44,7 +44,7 @@ from .script_args import ClmDataArguments, DataArguments, ModelArguments
 logger = logging.getLogger(__name__)
 
 # The flags and the expected manifest live in cache_manifest.py (a reading run needs them too); re-exported here.
-__all__ = ["DEFAULT_TOP_K", "TASKS", "CacheArguments", "main", "produce_cache", "stream_manifest",
+__all__ = ["DEFAULT_TOP_K", "TASKS", "CacheArguments", "main", "produce_cache", "produce_for_trainer", "stream_manifest",
            "teacher_fingerprint"]
 
 def device_type() -> str:
@@ -72,7 +72,15 @@ def produce_cache(model_args: ModelArguments, data_args: DataArguments, args: Di
     trainer = build_trainer(model_args, data_args, args, task=task)
     stop = min(resolve_kd_stop_step(args.max_steps, args.kd_stop_ratio, args.kd_stop_steps), args.max_steps)
     manifest = stream_manifest(model_args, data_args, args, cache_args, task, trainer, stop)
-    folder = Path(args.output_dir)
+    return produce_for_trainer(trainer, manifest, Path(args.output_dir), cache_args, started)
+
+
+def produce_for_trainer(trainer, manifest: Manifest, folder: Path, cache_args: CacheArguments,
+                        started: float | None = None) -> Manifest:
+    """Write (or complete) ``manifest``'s cache in ``folder`` from a built ``trainer`` (its stream and teachers).
+
+    ``hf-kd reproduce`` enters here with the trainer its student runs are built with (a corpus tokenized once)."""
+    started = time.perf_counter() if started is None else started
     if trainer.accelerator.is_main_process:  # before any rank writes: the others' files would look foreign
         _check_folder(folder, manifest)
     trainer.accelerator.wait_for_everyone()
@@ -85,7 +93,7 @@ def produce_cache(model_args: ModelArguments, data_args: DataArguments, args: Di
     entries = {e.index: e for e in done.get("shards", [])}
     if entries:
         logger.info("resuming: %d intact shard(s) of rank %d kept", len(entries), rank)
-    producer = ShardProducer(trainer, task, manifest.top_k, cache_args.producer_batch_size,
+    producer = ShardProducer(trainer, manifest.task, manifest.top_k, cache_args.producer_batch_size,
                              sampled=manifest.targets == "sampled")
     _run_shards(trainer, producer, manifest, folder, rank, entries, seconds, started)
     trainer.accelerator.wait_for_everyone()

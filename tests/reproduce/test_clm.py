@@ -41,7 +41,7 @@ def _hand_next_token_loss(model, val) -> float:
 def test_clm_protocol_end_to_end_resumes_and_reuses(corpus_file, tmp_path):
     out = str(tmp_path / "out")
     argv = ["reproduce", "--task", "clm", "--corpus", corpus_file, "--override", *OVERRIDES, "--steps", "8",
-            "--seeds", "1", "--workers", "1", "--only", "kd_full", "--output_dir", out]
+            "--seeds", "1", "--workers", "1", "--only", "kd_full", "--teacher_outputs", "live", "--output_dir", out]
     p = scale_steps(apply_overrides(CLM_TINY, OVERRIDES), 8)  # what the CLI runs
     assert (p.task, p.eval_every, p.good_teacher_steps) == ("clm", 2, 24)
     spy = SpyBackend(p, corpus_file, interrupt=Interrupt("kd_full", 6))

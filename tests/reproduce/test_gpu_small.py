@@ -46,8 +46,12 @@ def test_gpu_small_rehearsal_on_cpu(tmp_path, monkeypatch, caplog, capsys):
     assert any("plan:" in r.getMessage() and "estimated" in r.getMessage() for r in caplog.records)
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert sorted({r["seed"] for r in saved["runs"]}) == [0, 1]  # gpu-small: 2 seeds by default
-    assert {r["variant"] for r in saved["runs"]} == {"baseline", "kd_full", "baseline_0.75x", "baseline_1.5x",
-                                                     "baseline_2x"}
+    assert {r["variant"] for r in saved["runs"]} == {"baseline", "kd_full", "kd_full_live", "baseline_0.75x",
+                                                     "baseline_1.5x", "baseline_2x"}
+    # the recycled teacher's outputs are produced once per seed and read by kd_full (teacher_outputs cached)
+    assert set(saved["caches"]) == {"outputs-good-mean-seed0", "outputs-good-mean-seed1"}
+    assert all(r["teacher_outputs"] == "cached" for r in saved["runs"] if r["variant"] == "kd_full")
+    assert saved["calibration"]["relative"]["cached"] > 0 and saved["calibration"]["relative"]["produce1"] > 0
     assert saved["teachers"]["good"]["steps"] == "recycled" and saved["teachers"]["good"]["final_quality"] > 0
     assert saved["calibration"]["relative"]["kd1"] > 0
     assert f"teacher `good`: recycled {tmp_path / 'teacher'}, final" in capsys.readouterr().out
