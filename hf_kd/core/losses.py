@@ -37,7 +37,9 @@ def teacher_log_probs(teacher_logits: Sequence[torch.Tensor], temperature: float
     """
     if len(teacher_logits) == 0:
         raise ValueError("teacher_log_probs needs at least one teacher's logits, got 0")
-    logps = [F.log_softmax(t.detach().float() / temperature, dim=-1) for t in teacher_logits]
+    # (at T = 1 no division: dividing would copy every [N, V] tensor for nothing)
+    logps = [F.log_softmax(t.detach().float() / temperature if temperature != 1 else t.detach().float(), dim=-1)
+             for t in teacher_logits]
     if len(logps) == 1:
         return logps[0]
     # log-mean-exp keeps the mixture exact in log space (no underflow for confident teachers).

@@ -132,11 +132,13 @@ def sparse_kd_sum(student_logits: torch.Tensor, targets: SparseTargets, temperat
                                    missing_mass)
 
 
-def topk_targets(teacher_logp: torch.Tensor, k: int) -> SparseTargets:
+def topk_targets(teacher_logp: torch.Tensor, k: int, inplace: bool = False) -> SparseTargets:
     """The producer's reduction of full float32 teacher log-probs ``[R, V]`` to :class:`SparseTargets`.
 
     ``k >= V`` keeps every token (rest ``-inf``). The rest mass is the logsumexp of the log-probs *outside* the
     top k, so it is exact in log space even when it is far below float32's resolution of ``1 - sum(p)``.
+    ``inplace``: overwrite ``teacher_logp``'s top-k entries instead of a copy (the producer hands over a temporary:
+    one ``[R, V]`` copy less per chunk, the same values).
     """
     teacher_logp = teacher_logp.float()
     v = teacher_logp.shape[-1]
@@ -145,7 +147,8 @@ def topk_targets(teacher_logp: torch.Tensor, k: int) -> SparseTargets:
     if k == v:
         log_rest = teacher_logp.new_full(teacher_logp.shape[:-1], float("-inf"))
     else:
-        log_rest = torch.logsumexp(teacher_logp.scatter(-1, ids, float("-inf")), dim=-1)
+        rest = teacher_logp.scatter_(-1, ids, float("-inf")) if inplace else teacher_logp.scatter(-1, ids, float("-inf"))
+        log_rest = torch.logsumexp(rest, dim=-1)
     return SparseTargets(ids=ids.to(torch.int32), logp=logp, log_rest=log_rest)
 
 
