@@ -73,9 +73,12 @@ class MLMObjective:
         ce_den = denominator(batch.ce_count, masked.sum)
         kd_den = ce_den if batch.kd_count is None else batch.kd_count
         if t_logits and isinstance(t_logits[0], SparseTargets):  # stored targets: the sparse KD loss
-            flat_labels = rows.take(labels) if rows is not None else labels
-            kd_index = None if rows is not None else kd_rows.index  # sparse student rows are the KD rows
-            out = sparse_distillation_loss(s_logits, flat_labels, t_logits[0], kd_index, alpha=self.settings.alpha,
+            if all_kd:  # CE at the masked rows of the full logits, KD at every non-padding row
+                at, flat_labels, kd_index = s_logits, labels, kd_rows.index
+            else:  # CE and KD at the same (masked) rows: one fused pass over them
+                at = s_logits if rows is not None else masked_rows.take(s_logits)
+                flat_labels, kd_index = masked_rows.take(labels), None
+            out = sparse_distillation_loss(at, flat_labels, t_logits[0], kd_index, alpha=self.settings.alpha,
                                            temperature=self.settings.temperature, ce_denominator=ce_den,
                                            kd_denominator=kd_den, missing_mass=self.settings.missing_mass)
             return out, {"logits": s_logits}
