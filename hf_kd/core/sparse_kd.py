@@ -28,8 +28,9 @@ Ensembles: the cache stores, per step, the target the student uses at that step 
 teachers' mixture ``log mean_i softmax(t_i / T)`` (exact, formed from full logits at production time), for
 ``sample`` the selected teacher's top-k -- so the loss always takes one :class:`SparseTargets`.
 
-Math in float32 (as ``core/losses.py``); the per-row values are *summed* by :func:`sparse_kd_sum`, the caller
-divides by the step-level KD count exactly as for :func:`hf_kd.core.losses.distillation_loss`.
+Math in float32 (as ``core/losses.py``); the per-row values are *summed* by :func:`sparse_kd_sum` (or, with the
+CE of the same rows from one shared log-softmax, by :func:`sparse_ce_kd_sums`), the caller divides by the
+step-level KD count exactly as for :func:`hf_kd.core.losses.distillation_loss`.
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ class _FusedCESparseKD(torch.autograd.Function):
             rows = kd_row if ce_row is None else ce_row if kd_row is None else ce_row + kd_row
             grad = src.exp().mul_(rows.unsqueeze(1))
         else:
-            grad = logp1.exp().mul_(ce_row.unsqueeze(1)).add_(s_logp.exp().mul_(kd_row.unsqueeze(1)))
+            grad = logp1.exp().mul_(ce_row.unsqueeze(1)).addcmul_(s_logp.exp(), kd_row.unsqueeze(1))
         if fix is not None:
             grad.scatter_add_(1, ids, fix)
         if ce_row is not None:  # - onehot(y); a scatter, not boolean indexing (no host sync on a GPU)
