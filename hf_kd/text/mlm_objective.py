@@ -70,8 +70,10 @@ class MLMObjective:
         kd_rows = Rows(kd_mask) if all_kd else masked_rows
         # Sparse student rows are only used when they are exactly the KD rows (masked positions).
         s_logits, rows = self._logits(model, inputs, None if batch.kd_on and all_kd else masked_rows)
-        shared = batch.kd_on and not all_kd  # CE and KD at the same (masked) rows: one fused pass over them
-        if shared:  # taken before the teachers run: an index made under their inference mode cannot enter autograd
+        # CE (and KD, unless it covers every position) at the masked rows only: one fused pass over them. Taken
+        # before the teachers run: an index made under their inference mode cannot enter autograd.
+        shared = not (batch.kd_on and all_kd)
+        if shared:
             at, at_labels = (s_logits if rows is not None else masked_rows.take(s_logits)), masked_rows.take(labels)
         t_logits = self.teachers.targets(inputs, kd_rows, batch.step) if batch.kd_on else None
         ce_den = denominator(batch.ce_count, masked.sum)
@@ -83,12 +85,13 @@ class MLMObjective:
             out = sparse_distillation_loss(at, at_labels, t_logits[0], missing_mass=s.missing_mass, **kw)
         elif shared and t_logits:
             out = logits_distillation_loss(at, at_labels, t_logits, divergence=s.divergence, **kw)
+        elif shared:  # no KD: the CE alone
+            out = distillation_loss(at, at_labels, None, **kw)
         elif stored:  # CE at the masked rows of the full logits, KD at every non-padding row
             out = sparse_distillation_loss(s_logits, labels, t_logits[0], kd_rows.index, missing_mass=s.missing_mass,
                                            **kw)
         else:
-            out = distillation_loss(s_logits, rows.take(labels) if rows is not None else labels, t_logits,
-                                    kd_mask if rows is None else None, divergence=s.divergence, **kw)
+            out = distillation_loss(s_logits, labels, t_logits, kd_mask, divergence=s.divergence, **kw)
         return out, {"logits": s_logits}
 
     def eval_loss(self, model, inputs: dict, return_outputs: bool):
