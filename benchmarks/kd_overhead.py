@@ -66,7 +66,7 @@ def make_trainer(variant: str, a: argparse.Namespace, outdir: str) -> Distillati
     teacher = make_model(a.preset, a.vocab, a.seq, 1) if variant in ("kd", "kd_full", "after_cutoff") else None
     args = DistillationTrainingArguments(
         output_dir=outdir, max_steps=10**6, kd_stop_steps=1 if variant == "after_cutoff" else None,
-        sparse_mlm_head=not variant.endswith("_full"), kd_alpha=0.5, kd_temperature=1.0, report_to="none",
+        sparse_mlm_head=not variant.endswith("_full"), kd_alpha=0.5, kd_temperature=a.temperature, report_to="none",
         use_cpu=a.device == "cpu", bf16=a.dtype == "bfloat16", disable_tqdm=True)
     trainer = DistillationTrainer(model=make_model(a.preset, a.vocab, a.seq, 0).to(a.device), teacher_model=teacher,
                                   args=args)
@@ -81,7 +81,7 @@ def make_cached_trainer(a: argparse.Namespace, outdir: str) -> DistillationTrain
 
     from hf_kd import DistillationTrainingArguments
 
-    common = dict(output_dir=outdir, max_steps=10**6, kd_alpha=0.5, kd_temperature=1.0, report_to="none",
+    common = dict(output_dir=outdir, max_steps=10**6, kd_alpha=0.5, kd_temperature=a.temperature, report_to="none",
                   use_cpu=a.device == "cpu", bf16=a.dtype == "bfloat16", disable_tqdm=True)
     # The same teacher (seed 1) as the live ``kd`` variant, run once over the benchmark batch.
     teacher = make_model(a.preset, a.vocab, a.seq, 1).to(a.device)
@@ -178,7 +178,7 @@ def _status_mib(key: str) -> float:
 
 def _forward_flags(a: argparse.Namespace) -> list[str]:
     return ["--preset", a.preset, "--vocab", str(a.vocab), "--seq", str(a.seq), "--batch", str(a.batch),
-            "--device", a.device, "--dtype", a.dtype]
+            "--device", a.device, "--dtype", a.dtype, "--temperature", str(a.temperature)]
 
 
 def parse() -> argparse.Namespace:
@@ -189,6 +189,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="KD temperature of the KD variants (T != 1 costs the loss a second log-softmax)")
     p.add_argument("--steps", type=int, default=5, help="steps per timed block")
     p.add_argument("--reps", type=int, default=7, help="interleaved rounds (median reported)")
     p.add_argument("--warmup", type=int, default=2)
@@ -229,7 +231,7 @@ def main() -> None:
         "cache_production": PRODUCTION,
         "tokens_per_second": {v: a.batch * a.seq / s for v, s in t.items()},
     }
-    print(f"{a.preset} BERT, batch {a.batch} x seq {a.seq}, vocab {a.vocab}, {a.device}/{a.dtype}")
+    print(f"{a.preset} BERT, batch {a.batch} x seq {a.seq}, vocab {a.vocab}, {a.device}/{a.dtype}, T={a.temperature:g}")
     for v in VARIANTS:
         print(f"  {v:<14} {1000 * t[v]:8.1f} ms/step  {res['tokens_per_second'][v]:9.0f} tok/s")
     print(f"  FLOP-model ideal KD/baseline (full-forward teacher): {ideal:.3f}")

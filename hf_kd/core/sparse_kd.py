@@ -28,8 +28,9 @@ Ensembles: the cache stores, per step, the target the student uses at that step 
 teachers' mixture ``log mean_i softmax(t_i / T)`` (exact, formed from full logits at production time), for
 ``sample`` the selected teacher's top-k -- so the loss always takes one :class:`SparseTargets`.
 
-Math in float32 (as ``core/losses.py``); the per-row values are *summed* by :func:`sparse_kd_sum`, the caller
-divides by the step-level KD count exactly as for :func:`hf_kd.core.losses.distillation_loss`.
+Math in float32 (as ``core/losses.py``); the per-row values are *summed* by :func:`sparse_kd_sum` (or, with the
+CE of the same rows from one shared log-softmax, by :func:`sparse_ce_kd_sums`), the caller divides by the
+step-level KD count exactly as for :func:`hf_kd.core.losses.distillation_loss`.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .losses import DistillationLoss, ce_sum
+from .losses import IGNORE_INDEX, DistillationLoss, ce_sum
 
 MISSING_MASS = ("rest", "renormalize", "sampled")
 # Stands in for log(0) in the student's rest bucket when the stored ids cover the whole vocabulary: finite, so
@@ -98,38 +99,82 @@ def sparse_kd_per_row(student_logits: torch.Tensor, targets: SparseTargets, temp
     return on_support + rest
 
 
-class _FusedSparseKDSum(torch.autograd.Function):
-    """Sum over rows of the sparse KD with a hand-written gradient: one log-softmax over ``[R, V]`` forward and
-    ``(p - q~) / T`` backward (:func:`sparse_kd_parts`), instead of autograd through the rest bucket's scatter,
-    concatenation and second logsumexp (the cached MLM step spent ~15% of its time there, benchmarks/RESULTS.md)."""
+class _FusedCESparseKD(torch.autograd.Function):
+    """``(CE sum, sparse KD sum)`` of the same rows from one log-softmax, with a hand-written gradient.
+
+    Forward: one log-softmax of the rows (two when ``T != 1``: the CE is at ``T = 1``), the CE as a gather of it,
+    the KD from :func:`sparse_kd_parts` (k-wide gathers). Backward, with ``g_ce`` / ``g_kd`` the incoming
+    gradients: ``g_ce * valid * (softmax(z) - onehot(y)) + g_kd / T * (p_T - q~)`` written into one ``[R, V]``
+    buffer (an exp, an in-place row scale, k-wide scatters). Autograd would instead keep and walk the graph of
+    a second log-softmax, the rest bucket's scatter/concatenation/logsumexp and the CE's own softmax: on the
+    cached MLM step those passes over ``[R, V]`` were ~20% of the step (benchmarks/RESULTS.md).
+    Math in float32 (float64 stays float64, so ``gradcheck`` can check it)."""
 
     @staticmethod
-    def forward(ctx, student_logits, ids, logp, log_rest, temperature, missing_mass):
-        s_logp = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    def forward(ctx, logits, labels, ids, logp, log_rest, temperature, missing_mass):
+        z = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        logp1 = F.log_softmax(z, dim=-1) if labels is not None or temperature == 1.0 else None
+        s_logp = logp1 if temperature == 1.0 else F.log_softmax(z / temperature, dim=-1)
         kd, beta, on = sparse_kd_parts(s_logp, SparseTargets(ids, logp, log_rest), missing_mass)
-        ctx.save_for_backward(s_logp, ids, beta, on)
-        ctx.temperature, ctx.dtype = temperature, student_logits.dtype
-        return kd.sum()
+        if labels is None:
+            ce = z.new_zeros(())
+        else:
+            ce = F.nll_loss(logp1, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+        ctx.save_for_backward(logp1 if labels is not None else None, s_logp, ids, beta, on, labels)
+        ctx.temperature, ctx.dtype = temperature, logits.dtype
+        ctx.set_materialize_grads(False)  # an unused output (KD only, or CE only) costs no pass in backward
+        return ce, kd.sum()
 
     @staticmethod
-    def backward(ctx, grad_out):
-        s_logp, ids, beta, on = ctx.saved_tensors
-        p = s_logp.exp()
-        # q~: beta * p off the stored ids, `on` at them (scatter_add: sampled ids may repeat, and beta is 0 there)
-        q = (beta.unsqueeze(-1) * p).scatter(-1, ids.long(), 0.0).scatter_add(-1, ids.long(), on)
-        grad = (p - q).mul_(grad_out / ctx.temperature)
-        return grad.to(ctx.dtype), None, None, None, None, None
+    def backward(ctx, g_ce, g_kd):
+        logp1, s_logp, ids, beta, on, labels = ctx.saved_tensors
+        t = ctx.temperature
+        ce_row = None
+        if g_ce is not None and labels is not None:
+            ce_row = (labels != IGNORE_INDEX).to(s_logp.dtype) * g_ce  # rows without a label carry no CE gradient
+        kd_row = fix = None
+        if g_kd is not None:
+            ids = ids.long()
+            # p_T - q~ = (1 - beta) * p_T off the ids, p_T - on at them: scale p_T by the row, then correct the ids
+            kd_row = (1.0 - beta) * (g_kd / t)
+            fix = (beta.unsqueeze(1) * s_logp.gather(-1, ids).exp() - on).mul_(g_kd / t)
+        if ce_row is None and kd_row is None:
+            return (None,) * 7
+        if t == 1.0 or ce_row is None or kd_row is None:  # one distribution carries both terms' row scales
+            src = s_logp if kd_row is not None else logp1
+            rows = kd_row if ce_row is None else ce_row if kd_row is None else ce_row + kd_row
+            grad = src.exp().mul_(rows.unsqueeze(1))
+        else:
+            grad = logp1.exp().mul_(ce_row.unsqueeze(1)).addcmul_(s_logp.exp(), kd_row.unsqueeze(1))
+        if fix is not None:
+            grad.scatter_add_(1, ids, fix)
+        if ce_row is not None:  # - onehot(y); a scatter, not boolean indexing (no host sync on a GPU)
+            grad.scatter_add_(1, labels.clamp(min=0).unsqueeze(1), -ce_row.unsqueeze(1))
+        return grad.to(ctx.dtype), None, None, None, None, None, None
+
+
+def sparse_ce_kd_sums(logits: torch.Tensor, labels: torch.Tensor | None, targets: SparseTargets,
+                      temperature: float = 1.0, missing_mass: str = "rest") -> tuple[torch.Tensor, torch.Tensor]:
+    """CE sum (at ``T = 1``, rows whose label is not -100) and sparse KD sum (at ``temperature``, every row) of the
+    same ``[R, V]`` rows in one fused pass (:class:`_FusedCESparseKD`); ``labels=None`` takes no CE (its sum is 0).
+
+    Value and gradient equal autograd through ``ce_sum(logits, labels)`` and ``sparse_kd_per_row(...).sum()`` (the
+    rest variant up to the rounding of the student's rest mass, taken as ``1 - sum(p on the ids)``). The sums are
+    float32 (float64 for float64 logits); divide by the step counts.
+    """
+    if missing_mass not in MISSING_MASS:
+        raise ValueError(f"missing_mass={missing_mass!r} is not supported; expected one of {MISSING_MASS}")
+    if len(targets) != logits.shape[0] or (labels is not None and labels.shape[0] != logits.shape[0]):
+        raise ValueError(f"{logits.shape[0]} student rows, {len(targets)} stored target rows and "
+                         f"{None if labels is None else labels.shape[0]} labels: expected one of each per row")
+    return _FusedCESparseKD.apply(logits, labels, targets.ids, targets.logp, targets.log_rest, float(temperature),
+                                  missing_mass)
 
 
 def sparse_kd_sum(student_logits: torch.Tensor, targets: SparseTargets, temperature: float = 1.0,
                   missing_mass: str = "rest") -> torch.Tensor:
-    """Sum over rows of the sparse KD (float32 scalar; divide by the step's KD count), with the fused gradient of
-    :class:`_FusedSparseKDSum`; value and gradient equal autograd through :func:`sparse_kd_per_row` (the rest
-    variant up to the rounding of the student's rest mass, taken as ``1 - sum(p on the ids)``)."""
-    if missing_mass not in MISSING_MASS:
-        raise ValueError(f"missing_mass={missing_mass!r} is not supported; expected one of {MISSING_MASS}")
-    return _FusedSparseKDSum.apply(student_logits, targets.ids, targets.logp, targets.log_rest, temperature,
-                                   missing_mass)
+    """Sum over rows of the sparse KD: :func:`sparse_ce_kd_sums` without a CE term."""
+    return sparse_ce_kd_sums(student_logits, None, targets, temperature, missing_mass)[1]
 
 
 def topk_targets(teacher_logp: torch.Tensor, k: int, inplace: bool = False) -> SparseTargets:
@@ -202,7 +247,9 @@ def sparse_distillation_loss(student_logits: torch.Tensor, labels: torch.Tensor,
                              ce_denominator: float | torch.Tensor, kd_denominator: float | torch.Tensor | None = None,
                              missing_mass: str = "rest") -> DistillationLoss:
     """:func:`hf_kd.core.losses.distillation_loss` with stored targets: ``(1 - alpha) * CE + alpha * T**2 * KD``,
-    KD from :func:`sparse_kd_sum` (forward KL only), each term a sum over its rows divided by its step count.
+    KD forward KL only, each term a sum over its rows divided by its step count. When CE and KD share the rows
+    (``kd_rows=None``: the masked LM's masked rows, a causal LM's positions) both come from one fused pass
+    (:func:`sparse_ce_kd_sums`); otherwise the CE is taken over every row and the KD at ``kd_rows``.
 
     Args:
         student_logits: ``[N, V]`` (or ``[B, L, V]``, flattened); labels alike, -100 where no CE is taken.
@@ -211,12 +258,16 @@ def sparse_distillation_loss(student_logits: torch.Tensor, labels: torch.Tensor,
     """
     v = student_logits.shape[-1]
     flat = student_logits.reshape(-1, v)
-    ce = ce_sum(flat, labels.reshape(-1)) / ce_denominator
-    kd_logits = flat if kd_rows is None else flat.index_select(0, kd_rows)
-    if kd_logits.shape[0] != len(targets):
+    n_kd = flat.shape[0] if kd_rows is None else kd_rows.shape[0]
+    if n_kd != len(targets):
         raise ValueError(f"stored teacher targets hold {len(targets)} rows but this micro-batch has "
-                         f"{kd_logits.shape[0]} KD rows: the cache was produced for another stream")
-    kd = sparse_kd_sum(kd_logits, targets, temperature, missing_mass) / (
-        ce_denominator if kd_denominator is None else kd_denominator)
+                         f"{n_kd} KD rows: the cache was produced for another stream")
+    if kd_rows is None:
+        ce_total, kd_total = sparse_ce_kd_sums(flat, labels.reshape(-1), targets, temperature, missing_mass)
+    else:
+        ce_total = ce_sum(flat, labels.reshape(-1))
+        kd_total = sparse_kd_sum(flat.index_select(0, kd_rows), targets, temperature, missing_mass)
+    ce = ce_total / ce_denominator
+    kd = kd_total / (ce_denominator if kd_denominator is None else kd_denominator)
     loss = (1.0 - alpha) * ce + alpha * temperature**2 * kd
     return DistillationLoss(loss=loss, ce=ce.detach(), kd=kd.detach())

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ..core.chunked_kd import logits_distillation_loss
 from ..core.losses import IGNORE_INDEX, DistillationLoss, distillation_loss
 from ..core.sparse_kd import SparseTargets, sparse_distillation_loss
 from .objective import LossSettings, MicroBatch, StepCounts, attention, denominator
@@ -69,21 +70,28 @@ class MLMObjective:
         kd_rows = Rows(kd_mask) if all_kd else masked_rows
         # Sparse student rows are only used when they are exactly the KD rows (masked positions).
         s_logits, rows = self._logits(model, inputs, None if batch.kd_on and all_kd else masked_rows)
+        # CE (and KD, unless it covers every position) at the masked rows only: one fused pass over them. Taken
+        # before the teachers run: an index made under their inference mode cannot enter autograd.
+        shared = not (batch.kd_on and all_kd)
+        if shared:
+            at, at_labels = (s_logits if rows is not None else masked_rows.take(s_logits)), masked_rows.take(labels)
         t_logits = self.teachers.targets(inputs, kd_rows, batch.step) if batch.kd_on else None
         ce_den = denominator(batch.ce_count, masked.sum)
         kd_den = ce_den if batch.kd_count is None else batch.kd_count
-        if t_logits and isinstance(t_logits[0], SparseTargets):  # stored targets: the sparse KD loss
-            flat_labels = rows.take(labels) if rows is not None else labels
-            kd_index = None if rows is not None else kd_rows.index  # sparse student rows are the KD rows
-            out = sparse_distillation_loss(s_logits, flat_labels, t_logits[0], kd_index, alpha=self.settings.alpha,
-                                           temperature=self.settings.temperature, ce_denominator=ce_den,
-                                           kd_denominator=kd_den, missing_mass=self.settings.missing_mass)
-            return out, {"logits": s_logits}
-        out = distillation_loss(
-            s_logits, rows.take(labels) if rows is not None else labels, t_logits, kd_mask if rows is None else None,
-            alpha=self.settings.alpha, temperature=self.settings.temperature, divergence=self.settings.divergence,
-            ce_denominator=ce_den, kd_denominator=kd_den,
-        )
+        s = self.settings
+        kw = dict(alpha=s.alpha, temperature=s.temperature, ce_denominator=ce_den, kd_denominator=kd_den)
+        stored = bool(t_logits) and isinstance(t_logits[0], SparseTargets)
+        if shared and stored:
+            out = sparse_distillation_loss(at, at_labels, t_logits[0], missing_mass=s.missing_mass, **kw)
+        elif shared and t_logits:
+            out = logits_distillation_loss(at, at_labels, t_logits, divergence=s.divergence, **kw)
+        elif shared:  # no KD: the CE alone
+            out = distillation_loss(at, at_labels, None, **kw)
+        elif stored:  # CE at the masked rows of the full logits, KD at every non-padding row
+            out = sparse_distillation_loss(s_logits, labels, t_logits[0], kd_rows.index, missing_mass=s.missing_mass,
+                                           **kw)
+        else:
+            out = distillation_loss(s_logits, labels, t_logits, kd_mask, divergence=s.divergence, **kw)
         return out, {"logits": s_logits}
 
     def eval_loss(self, model, inputs: dict, return_outputs: bool):

@@ -72,7 +72,11 @@ def assert_same_run(a, b):
 
 
 @pytest.mark.parametrize("task,extra", [("mlm", ()), ("clm", ()), ("mlm", ("--gradient_accumulation_steps", "2")),
-                                        ("clm", ("--gradient_accumulation_steps", "2", "--kd_stop_steps", "3"))])
+                                        ("clm", ("--gradient_accumulation_steps", "2", "--kd_stop_steps", "3")),
+                                        # full-sequence logits: the masked rows taken from them (CE and KD fused)
+                                        ("mlm", ("--sparse_mlm_head", "false")),
+                                        # KD at every position, CE at the masked ones: the two taken apart
+                                        ("mlm", ("--kd_positions", "all"))])
 def test_cached_run_with_full_vocabulary_equals_the_live_run(env, tmp_path, task, extra):
     produce(env, task, tmp_path / "cache", *extra)
     train(task, argv(env, task, tmp_path / "live", *extra))
