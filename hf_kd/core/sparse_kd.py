@@ -177,13 +177,18 @@ def sparse_kd_sum(student_logits: torch.Tensor, targets: SparseTargets, temperat
     return sparse_ce_kd_sums(student_logits, None, targets, temperature, missing_mass)[1]
 
 
-def topk_targets(teacher_logp: torch.Tensor, k: int, inplace: bool = False) -> SparseTargets:
+# Rest mass at or above this is formed as 1 - sum(top-k p) (float32 absolute error ~1e-7, so <= 1e-5 relative);
+# below it, from the log-probs outside the top k (exact in log space however small the rest is).
+REST_FROM_SUM = 1e-2
+
+
+def topk_targets(teacher_logp: torch.Tensor, k: int) -> SparseTargets:
     """The producer's reduction of full float32 teacher log-probs ``[R, V]`` to :class:`SparseTargets`.
 
-    ``k >= V`` keeps every token (rest ``-inf``). The rest mass is the logsumexp of the log-probs *outside* the
-    top k, so it is exact in log space even when it is far below float32's resolution of ``1 - sum(p)``.
-    ``inplace``: overwrite ``teacher_logp``'s top-k entries instead of a copy (the producer hands over a temporary:
-    one ``[R, V]`` copy less per chunk, the same values).
+    ``k >= V`` keeps every token (rest ``-inf``). The rest mass is ``-expm1(logsumexp(top-k log-probs))`` where it
+    is at least :data:`REST_FROM_SUM`, and the logsumexp of the log-probs *outside* the top k for the rows where it
+    is smaller, so it stays exact in log space even far below float32's resolution of ``1 - sum(p)`` (a pass over
+    ``[rows, V]`` for those rows only: on CPU that pass cost as much as the top-k itself).
     """
     teacher_logp = teacher_logp.float()
     v = teacher_logp.shape[-1]
@@ -191,9 +196,13 @@ def topk_targets(teacher_logp: torch.Tensor, k: int, inplace: bool = False) -> S
     logp, ids = teacher_logp.topk(k, dim=-1)
     if k == v:
         log_rest = teacher_logp.new_full(teacher_logp.shape[:-1], float("-inf"))
-    else:
-        rest = teacher_logp.scatter_(-1, ids, float("-inf")) if inplace else teacher_logp.scatter(-1, ids, float("-inf"))
-        log_rest = torch.logsumexp(rest, dim=-1)
+        return SparseTargets(ids=ids.to(torch.int32), logp=logp, log_rest=log_rest)
+    rest = -torch.expm1(torch.logsumexp(logp, dim=-1))
+    log_rest = rest.clamp_min(REST_FROM_SUM).log()
+    small = (rest < REST_FROM_SUM).nonzero().squeeze(-1)  # producer only (a host sync), never the training step
+    if small.numel():
+        rows = teacher_logp.index_select(0, small)  # a copy of those rows: the caller's tensor is left as it was
+        log_rest[small] = torch.logsumexp(rows.scatter_(-1, ids[small], float("-inf")), dim=-1)
     return SparseTargets(ids=ids.to(torch.int32), logp=logp, log_rest=log_rest)
 
 

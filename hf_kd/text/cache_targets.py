@@ -84,7 +84,7 @@ class ShardProducer:
         """Full log-probs of a chunk of rows -> stored targets: the top k, or draws seeded by (seed, step, micro-batch,
         rank) of the group's first item, so that a rerun or a resumed production draws the same tokens."""
         if not self.sampled:
-            return lambda logp: topk_targets(logp, self.top_k, inplace=True)  # logp: this chunk's own temporary
+            return lambda logp: topk_targets(logp, self.top_k)
         seed = hash_seed(self.args.seed, first[0], first[1], self.trainer.accelerator.process_index)
         generator = torch.Generator(device=device).manual_seed(seed)
         return lambda logp: sampled_targets(logp, self.top_k, generator)

@@ -63,6 +63,18 @@ def test_rest_mass_is_exact_in_log_space_where_one_minus_sum_is_noise():
     assert 1.0 - targets.logp.exp().sum().item() <= 1e-6  # what a linear-space rest mass would have seen
 
 
+def test_rest_mass_from_the_sum_and_from_the_tail_agree_with_the_exact_tail_logsumexp():
+    # rows spanning both ways of forming it: broad teachers (rest >> 1e-2) and sharp ones (rest far below it)
+    t = torch.cat([_logits(rows=20, vocab=300, seed=3, scale=1.0), _logits(rows=20, vocab=300, seed=4, scale=30.0)])
+    t_logp = F.log_softmax(t.double(), -1).float()
+    targets = topk_targets(t_logp, 16)
+    tail = t_logp.double().scatter(-1, targets.ids.long(), float("-inf"))
+    exact = torch.logsumexp(tail, -1)
+    assert (exact > math.log(1e-2)).any() and (exact < math.log(1e-2)).any()  # both regimes present
+    assert torch.allclose(targets.log_rest.double(), exact, atol=1e-4, rtol=0)
+    assert torch.equal(t_logp, F.log_softmax(t.double(), -1).float())  # the caller's tensor is left untouched
+
+
 def test_rest_bucket_is_a_lower_bound_of_the_full_kl_and_matches_the_tail_mass():
     s, t = _logits(rows=40, vocab=30, seed=6, scale=1.5), _logits(rows=40, vocab=30, seed=7, scale=1.5)
     t_logp = F.log_softmax(t, -1)
