@@ -1,0 +1,240 @@
+"""``hf-kd reproduce --glue DIR``: the protocol's students fine-tuned on GLUE, judged by the one uncertainty rule.
+
+hf_kd never imports ``glue_eval`` (it sits above hf_kd), so this module drives it as a user does: it runs
+``python -m glue_eval.sweep`` and ``python -m glue_eval.report`` as subprocesses, once per pretraining seed, and
+reads back the files they write (``glue/seed<i>/results.jsonl`` and ``glue/seed<i>/report/report.json``). The
+sweep skips the fine-tunes already in its results file, so a rerun reuses them.
+
+What is fine-tuned: the **final model** of every student and frontier run (the runs keep their weights when
+``--glue`` is given). Intermediate evaluation points are not fine-tuned: each would multiply the fine-tunes (and
+the runs' disk) by the number of evaluations, so the GLUE axis has the budget-frontier speed-up only; the
+paper-style speed-up needs a curve and stays on the MLM loss.
+
+Per pretraining seed, ``glue_eval.report`` gives each run's GLUE score (mean over the fine-tuning seeds) at its
+calibrated cost and its budget-frontier speed-up per fine-tuning seed (with a verdict over fine-tuning noise).
+Across pretraining seeds the speed-up of a seed is the report's geometric mean over its fine-tuning seeds, and
+those are summarised and judged by :mod:`hf_kd.core.uncertainty`, as the MLM-loss speed-ups are.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..core.errors import UserError
+from ..core.uncertainty import INCONCLUSIVE, RULE, format_per_seed, format_spread, speedup_spread, spread_of, verdict
+
+logger = logging.getLogger(__name__)
+
+# Chosen by measuring the GLUE gap between a 400- and a 1,600-step baseline against fine-tuning noise
+# (docs/glue.md, "GLUE from hf-kd reproduce").
+DEFAULT_TASKS = "sst2"
+DEFAULT_SEEDS = (0, 1, 2)
+DEFAULT_MAX_TRAIN_SAMPLES = 2000
+DEFAULT_EPOCHS = 1.0
+
+
+@dataclass(frozen=True)
+class GlueSettings:
+    """What ``--glue`` fine-tunes on, and how (each field is a flag of ``glue_eval.sweep``)."""
+
+    glue_dir: str
+    tasks: str = DEFAULT_TASKS
+    seeds: tuple[int, ...] = DEFAULT_SEEDS
+    max_train_samples: int | None = DEFAULT_MAX_TRAIN_SAMPLES
+    epochs: float | None = DEFAULT_EPOCHS
+    max_steps: int | None = None  # instead of epochs
+    use_cpu: bool = True
+
+    def sweep_argv(self, runs: dict[str, str], results: Path, work: Path) -> list[str]:
+        argv = ["-m", "glue_eval.sweep", "--runs", *runs.values(), "--run_names", *runs, "--results", str(results),
+                "--output_dir", str(work), "--glue_dir", self.glue_dir, "--tasks", self.tasks,
+                "--seeds", *map(str, self.seeds)]
+        if self.max_train_samples:
+            argv += ["--max_train_samples", str(self.max_train_samples)]
+        argv += ["--max_steps", str(self.max_steps)] if self.max_steps else ["--num_train_epochs", str(self.epochs)]
+        return argv + (["--use_cpu"] if self.use_cpu else [])
+
+
+def keep_final_models(backend, jobs: list) -> None:
+    """Make the runs keep their final weights; a run finished without them (trained before ``--glue``) is trained
+    again (its result is forgotten): GLUE needs the model, not only the run's log."""
+    backend.keep_models = True
+    for job in jobs:
+        run_dir = Path(job.run_dir)
+        if job.variant is not None and (run_dir / "run_result.json").is_file() and not has_model(run_dir):
+            logger.info("%s has no saved model (trained without --glue): training it again", run_dir.name)
+            (run_dir / "run_result.json").unlink()
+
+
+def has_model(run_dir: Path) -> bool:
+    return (run_dir / "config.json").is_file() and (run_dir / "all_results.json").is_file() and any(
+        (run_dir / f).is_file() for f in ("model.safetensors", "pytorch_model.bin"))
+
+
+def save_final_model(trainer) -> None:
+    """The final weights and what ``glue_eval`` reads about the run: ``all_results.json`` with its cumulative
+    ``gpu_hours`` and its step kinds (``num_teachers``, ``kd_stop_step``, ``teacher_forwards``) for the
+    calibrated cost axis."""
+    trainer.save_model()
+    teachers = len(trainer.teacher_names)
+    evals = [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e]
+    trainer.save_metrics("all", {"gpu_hours": trainer.cost_callback.meter.gpu_hours, "num_teachers": teachers,
+                                 "kd_stop_step": trainer.kd_stop_step if teachers else 0,
+                                 "teacher_forwards": trainer.teacher_forwards,
+                                 "eval_loss": evals[-1] if evals else None})
+
+
+def check_glue_dir(glue_dir: str, tasks: str) -> None:
+    """Refuse (one line) a DIR without the tasks' GLUE files, before any training: asks glue_eval's own check."""
+    code = ("import sys\nfrom glue_eval.data import check_glue_dir\nfrom glue_eval.tasks import resolve_tasks\n"
+            "try:\n    check_glue_dir(sys.argv[1], resolve_tasks(sys.argv[2]))\n"
+            "except (ValueError, OSError) as e:\n    print(e, file=sys.stderr); sys.exit(2)\n")
+    done = subprocess.run([sys.executable, "-c", code, glue_dir, tasks], capture_output=True, text=True)
+    if done.returncode:
+        why = (done.stderr.strip().splitlines() or ["glue_eval is not importable"])[-1]
+        raise UserError(f"--glue {glue_dir} --glue_tasks {tasks} is invalid: {why.replace('--glue_dir ', '')}")
+
+
+def _call(argv: list[str], what: str, capture: bool = False) -> None:
+    """Run ``python <argv>``; a failure is one line naming the command to rerun by hand."""
+    done = subprocess.run([sys.executable, *argv], capture_output=capture, text=True)
+    if done.returncode:
+        tail = (done.stderr or "").strip().splitlines()[-1:] if capture else []
+        raise UserError(f"{what} failed (exit {done.returncode}){': ' + tail[0] if tail else ''}; expected it to "
+                        f"finish: rerun `python {' '.join(argv)}` to see why")
+
+
+def _read_report(path: Path, seed: int, names: dict[str, str]) -> dict:
+    """One pretraining seed from its report.json: GLUE score and cost of each run's final model, frontier speed-ups."""
+    rep = json.loads(path.read_text())
+    scores = {r["run"]: {"score": r["mean"], "std": r["std"], "n": r["n"], "cost": r["cost"]}
+              for r in rep["rows"] if r["checkpoint"] == "final"}
+    frontier = {}
+    for s in rep["speedups"]:
+        f = s.get("frontier") or {}
+        frontier[s["run"]] = {"values": f.get("per_seed", []), "bounds": f.get("bounds", []),
+                              "text": f.get("text", ""), "verdict": f.get("verdict", INCONCLUSIVE),
+                              "no_signal": s.get("no_signal", "")}
+    return {"seed": seed, "metric": rep["ylabel"], "cost_axis": rep["cost_axis"], "scores": scores,
+            "frontier": frontier, "report": str(path.with_name("report.md")),
+            "fine_tuning_seeds": rep["seeds"], "runs": names}
+
+
+def run_glue(settings: GlueSettings, runs: list, out: Path, has_calibration: bool) -> dict:
+    """Sweep and report each pretraining seed's final models; returns results.json's ``glue`` entry."""
+    per_seed = []
+    for seed in sorted({r.seed for r in runs}):
+        mine = [r for r in runs if r.seed == seed and r.role in ("student", "frontier")]
+        names = {r.variant: str(Path(r.run_dir).resolve()) for r in mine}
+        folder = out / "glue" / f"seed{seed}"
+        results = folder / "results.jsonl"
+        logger.info("GLUE: fine-tuning the final models of pretraining seed %d (%d runs) on %s", seed, len(names),
+                    settings.tasks)
+        _call(settings.sweep_argv(names, results, folder / "work"), f"GLUE sweep of pretraining seed {seed}")
+        frontier = ["baseline"] + [r.variant for r in mine if r.role == "frontier"]
+        report = ["-m", "glue_eval.report", str(results), "--baseline", "baseline", "--frontier", *frontier,
+                  "--output_dir", str(folder / "report")]
+        if has_calibration:
+            report += ["--step_costs", str(out / "calibration.json")]
+        _call(report, f"GLUE report of pretraining seed {seed}", capture=True)
+        per_seed.append(_read_report(folder / "report" / "report.json", seed, names))
+    return {"settings": asdict(settings), "seeds": per_seed}
+
+
+def _seed_value(f: dict) -> tuple[float | None, str]:
+    """A pretraining seed's frontier speed-up: the geometric mean over its fine-tuning seeds (bounded if any is)."""
+    s = speedup_spread(list(zip(f["values"], f["bounds"] or ["="] * len(f["values"]))))
+    if s.missing or s.mean is None:
+        return None, ""
+    marks = set(s.bounds) - {"="}
+    return (None, "") if len(marks) > 1 else (s.mean, marks.pop() if marks else "=")
+
+
+@dataclass
+class GlueRow:
+    """One variant's GLUE summary over pretraining seeds."""
+
+    score: dict
+    cost: dict
+    frontier: dict
+    verdict: str
+    reason: str
+
+
+def summarise(glue: dict) -> dict[str, GlueRow]:
+    """Per variant: GLUE score and calibrated cost (mean over pretraining seeds), frontier speed-up and verdict."""
+    seeds = glue["seeds"]
+    names = list(dict.fromkeys(n for s in seeds for n in s["scores"]))
+    out = {}
+    for name in names:
+        score = spread_of([(s["scores"].get(name, {}).get("score"), "=") for s in seeds]).to_dict()
+        cost = spread_of([(s["scores"].get(name, {}).get("cost"), "=") for s in seeds]).to_dict()
+        pairs = [_seed_value(s["frontier"][name]) if name in s["frontier"] else (None, "") for s in seeds]
+        spread = speedup_spread(pairs)
+        v, why = verdict(spread) if any(name in s["frontier"] for s in seeds) else ("", "")
+        out[name] = GlueRow(score, cost, spread.to_dict(), v, why)
+    return out
+
+
+def _num(d: dict, digits: int = 2) -> str:
+    if d["mean"] is None:
+        return "no value"
+    return f"{d['mean']:.{digits}f}" + (f" ± {d['std']:.{digits}f}" if d["n"] > 1 else "")
+
+
+def agreement(rows: dict[str, GlueRow], mlm_verdicts: dict[str, str]) -> str:
+    """One line: whether each KD variant's MLM-loss and GLUE verdicts agree."""
+    judged = [n for n, r in rows.items() if r.verdict and n in mlm_verdicts]
+    if not judged:
+        return "MLM-loss and GLUE verdicts: no KD variant to compare."
+    same = [n for n in judged if rows[n].verdict == mlm_verdicts[n]]
+    parts = [f"{n} (MLM loss {mlm_verdicts[n]}, GLUE {rows[n].verdict})" for n in judged]
+    head = "agree" if len(same) == len(judged) else "agree for none" if not same else \
+        f"agree for {len(same)} of {len(judged)}"
+    return f"MLM-loss and GLUE verdicts {head}: {'; '.join(parts)}."
+
+
+def glue_section(glue: dict, mlm_verdicts: dict[str, str]) -> tuple[dict, str]:
+    """The report's GLUE section (markdown) and its summary for results.json, from results.json's ``glue`` entry."""
+    rows = summarise(glue)
+    first, st = glue["seeds"][0], glue["settings"]
+    budget = f"{st['max_steps']} steps" if st["max_steps"] else f"{st['epochs']:g} epoch(s)"
+    caps = f", {st['max_train_samples']} training rows per task" if st["max_train_samples"] else ""
+    axis = first["cost_axis"]
+    lines = ["## GLUE (fine-tuned final models)", "",
+             f"Each run's final model fine-tuned by `glue_eval.sweep` on {st['tasks']} ({budget}{caps}, fine-tuning "
+             f"seeds {', '.join(map(str, st['seeds']))}) from `{st['glue_dir']}`, per pretraining seed; quality: "
+             f"{first['metric']}, mean over fine-tuning seeds (higher is better). Cost: {axis}. Only final models "
+             "are fine-tuned, so GLUE has the budget-frontier speed-up only (no paper-style curve).", "",
+             "| variant | GLUE (mean ± sd over pretraining seeds) | cost (mean) | frontier speed-up on GLUE | "
+             "GLUE verdict |", "|---|---|---|---|---|"]
+    for name, r in rows.items():
+        speed = format_spread(r.frontier) if r.verdict else ""
+        cost = "no value" if r.cost["mean"] is None else f"{r.cost['mean']:.0f}"
+        lines.append(f"| {name} | {_num(r.score)} | {cost} | {speed} | {r.verdict} |")
+    lines += ["", f"Verdicts: budget-frontier speed-up on GLUE across pretraining seeds (each seed: the geometric "
+              f"mean over its fine-tuning seeds); {RULE}.", "", "Per pretraining seed (GLUE frontier speed-up; in "
+              "brackets the fine-tuning seeds' values and the verdict over fine-tuning noise alone):"]
+    for name, r in rows.items():
+        if not r.verdict:
+            continue
+        per = []
+        for s in glue["seeds"]:
+            f = s["frontier"].get(name)
+            if f is None:
+                continue
+            ft = f["no_signal"] or format_per_seed(speedup_spread(list(zip(f["values"], f["bounds"]))).to_dict())
+            v, b = _seed_value(f)
+            shown = "no value" if v is None else format_spread(speedup_spread([(v, b)]))
+            per.append(f"seed {s['seed']} {shown} ({ft}: {f['verdict']})")
+        lines.append(f"- {name}: {'; '.join(per)} — {r.reason}")
+    lines += ["", agreement(rows, mlm_verdicts), "",
+              "Reports of `glue_eval.report` per pretraining seed: "
+              + ", ".join(f"`glue/seed{s['seed']}/report/report.md`" for s in glue["seeds"]), ""]
+    summary = {n: asdict(r) for n, r in rows.items()}
+    return summary, "\n".join(lines)
