@@ -18,6 +18,7 @@ those are summarised and judged by :mod:`hf_kd.core.uncertainty`, as the MLM-los
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import subprocess
@@ -25,6 +26,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..core.atomic import write_text_atomic
 from ..core.errors import UserError
 from ..core.uncertainty import INCONCLUSIVE, RULE, format_per_seed, format_spread, speedup_spread, spread_of, verdict
 
@@ -36,6 +38,8 @@ DEFAULT_TASKS = "sst2"
 DEFAULT_SEEDS = (0, 1, 2)
 DEFAULT_MAX_TRAIN_SAMPLES = 2000
 DEFAULT_EPOCHS = 1.0
+COST_AXES = {"calibrated": "calibrated cost (baseline steps)", "gpu_hours": "measured GPU-hours (machine load can "
+             "bend them)", "step": "optimizer steps"}
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,11 @@ class GlueSettings:
     max_steps: int | None = None  # instead of epochs
     use_cpu: bool = True
 
+    def folder_name(self) -> str:
+        """A results folder per configuration: glue_eval's report refuses a file mixing two of them."""
+        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
+        return f"{self.tasks.replace(',', '+')}-{digest}"
+
     def sweep_argv(self, runs: dict[str, str], results: Path, work: Path) -> list[str]:
         argv = ["-m", "glue_eval.sweep", "--runs", *runs.values(), "--run_names", *runs, "--results", str(results),
                 "--output_dir", str(work), "--glue_dir", self.glue_dir, "--tasks", self.tasks,
@@ -57,7 +66,8 @@ class GlueSettings:
         if self.max_train_samples:
             argv += ["--max_train_samples", str(self.max_train_samples)]
         argv += ["--max_steps", str(self.max_steps)] if self.max_steps else ["--num_train_epochs", str(self.epochs)]
-        return argv + (["--use_cpu"] if self.use_cpu else [])
+        # the sweep's own progress bar and warnings, not each fine-tune's Trainer INFO lines
+        return argv + ["--log_level", "warning"] + (["--use_cpu"] if self.use_cpu else [])
 
 
 def keep_final_models(backend, jobs: list) -> None:
@@ -100,6 +110,32 @@ def check_glue_dir(glue_dir: str, tasks: str) -> None:
         raise UserError(f"--glue {glue_dir} --glue_tasks {tasks} is invalid: {why.replace('--glue_dir ', '')}")
 
 
+def _weights(run_dir: str) -> dict:
+    return {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in Path(run_dir).glob("*")
+            if f.name in ("model.safetensors", "pytorch_model.bin")}
+
+
+def drop_stale_lines(results: Path) -> None:
+    """Forget the fine-tunes of weights that were since retrained (a run rerun with other settings): the sweep
+    would add lines for the new weights beside them, and the report refuses two versions of one entry."""
+    if not results.is_file():
+        return
+    lines = [x for x in results.read_text().splitlines(keepends=True) if x.strip()]
+    keep = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # a cut last line: the sweep itself cuts it off
+            keep.append(line)
+            continue
+        model = (rec.get("config") or {}).get("model") or {}
+        if "weights" not in model or model["weights"] == _weights(rec.get("run_path", "")):
+            keep.append(line)
+    if len(keep) < len(lines):
+        logger.info("%s: %d fine-tune(s) of since retrained runs dropped", results, len(lines) - len(keep))
+        write_text_atomic(results, "".join(keep))
+
+
 def _call(argv: list[str], what: str, capture: bool = False) -> None:
     """Run ``python <argv>``; a failure is one line naming the command to rerun by hand."""
     done = subprocess.run([sys.executable, *argv], capture_output=capture, text=True)
@@ -109,7 +145,7 @@ def _call(argv: list[str], what: str, capture: bool = False) -> None:
                         f"finish: rerun `python {' '.join(argv)}` to see why")
 
 
-def _read_report(path: Path, seed: int, names: dict[str, str]) -> dict:
+def _read_report(path: Path, seed: int, names: dict[str, str], out: Path) -> dict:
     """One pretraining seed from its report.json: GLUE score and cost of each run's final model, frontier speed-ups."""
     rep = json.loads(path.read_text())
     scores = {r["run"]: {"score": r["mean"], "std": r["std"], "n": r["n"], "cost": r["cost"]}
@@ -121,7 +157,7 @@ def _read_report(path: Path, seed: int, names: dict[str, str]) -> dict:
                               "text": f.get("text", ""), "verdict": f.get("verdict", INCONCLUSIVE),
                               "no_signal": s.get("no_signal", "")}
     return {"seed": seed, "metric": rep["ylabel"], "cost_axis": rep["cost_axis"], "scores": scores,
-            "frontier": frontier, "report": str(path.with_name("report.md")),
+            "frontier": frontier, "report": str(path.with_name("report.md").relative_to(out)),
             "fine_tuning_seeds": rep["seeds"], "runs": names}
 
 
@@ -131,8 +167,9 @@ def run_glue(settings: GlueSettings, runs: list, out: Path, has_calibration: boo
     for seed in sorted({r.seed for r in runs}):
         mine = [r for r in runs if r.seed == seed and r.role in ("student", "frontier")]
         names = {r.variant: str(Path(r.run_dir).resolve()) for r in mine}
-        folder = out / "glue" / f"seed{seed}"
+        folder = out / "glue" / settings.folder_name() / f"seed{seed}"
         results = folder / "results.jsonl"
+        drop_stale_lines(results)
         logger.info("GLUE: fine-tuning the final models of pretraining seed %d (%d runs) on %s", seed, len(names),
                     settings.tasks)
         _call(settings.sweep_argv(names, results, folder / "work"), f"GLUE sweep of pretraining seed {seed}")
@@ -142,7 +179,7 @@ def run_glue(settings: GlueSettings, runs: list, out: Path, has_calibration: boo
         if has_calibration:
             report += ["--step_costs", str(out / "calibration.json")]
         _call(report, f"GLUE report of pretraining seed {seed}", capture=True)
-        per_seed.append(_read_report(folder / "report" / "report.json", seed, names))
+        per_seed.append(_read_report(folder / "report" / "report.json", seed, names, out))
     return {"settings": asdict(settings), "seeds": per_seed}
 
 
@@ -209,7 +246,8 @@ def glue_section(glue: dict, mlm_verdicts: dict[str, str]) -> tuple[dict, str]:
     lines = ["## GLUE (fine-tuned final models)", "",
              f"Each run's final model fine-tuned by `glue_eval.sweep` on {st['tasks']} ({budget}{caps}, fine-tuning "
              f"seeds {', '.join(map(str, st['seeds']))}) from `{st['glue_dir']}`, per pretraining seed; quality: "
-             f"{first['metric']}, mean over fine-tuning seeds (higher is better). Cost: {axis}. Only final models "
+             f"{first['metric']}, mean over fine-tuning seeds (higher is better). Cost: {COST_AXES.get(axis, axis)}. "
+             "Only final models "
              "are fine-tuned, so GLUE has the budget-frontier speed-up only (no paper-style curve).", "",
              "| variant | GLUE (mean ± sd over pretraining seeds) | cost (mean) | frontier speed-up on GLUE | "
              "GLUE verdict |", "|---|---|---|---|---|"]
@@ -235,6 +273,6 @@ def glue_section(glue: dict, mlm_verdicts: dict[str, str]) -> tuple[dict, str]:
         lines.append(f"- {name}: {'; '.join(per)} — {r.reason}")
     lines += ["", agreement(rows, mlm_verdicts), "",
               "Reports of `glue_eval.report` per pretraining seed: "
-              + ", ".join(f"`glue/seed{s['seed']}/report/report.md`" for s in glue["seeds"]), ""]
+              + ", ".join(f"`{s['report']}`" for s in glue["seeds"]), ""]
     summary = {n: asdict(r) for n, r in rows.items()}
     return summary, "\n".join(lines)
