@@ -145,20 +145,67 @@ def _call(argv: list[str], what: str, capture: bool = False) -> None:
                         f"finish: rerun `python {' '.join(argv)}` to see why")
 
 
-def _read_report(path: Path, seed: int, names: dict[str, str], out: Path) -> dict:
+@dataclass
+class RunScore:
+    """A run's final model on GLUE at one pretraining seed: mean and sd over fine-tuning seeds, and its cost."""
+
+    score: float | None
+    std: float | None
+    n: int
+    cost: float | None
+
+
+@dataclass
+class FineTuneSpeedups:
+    """A run's budget-frontier speed-up on GLUE at one pretraining seed, one value per fine-tuning seed, and the
+    report's verdict over fine-tuning noise alone."""
+
+    values: list[float | None]
+    bounds: list[str]
+    verdict: str
+    no_signal: str = ""
+
+    def seed_value(self) -> tuple[float | None, str]:
+        """The pretraining seed's speed-up: the geometric mean over its fine-tuning seeds (a bound if any is; no
+        value when bounds point both ways or a seed has none)."""
+        s = speedup_spread(list(zip(self.values, self.bounds or ["="] * len(self.values))))
+        if s.missing or s.mean is None:
+            return None, ""
+        marks = set(s.bounds) - {"="}
+        return (None, "") if len(marks) > 1 else (s.mean, marks.pop() if marks else "=")
+
+
+@dataclass
+class SeedGlue:
+    """What ``glue_eval.report`` says about one pretraining seed's runs (kept in results.json's ``glue``)."""
+
+    seed: int
+    metric: str
+    cost_axis: str
+    scores: dict[str, RunScore]
+    frontier: dict[str, FineTuneSpeedups]
+    report: str  # its report.md, relative to the output folder
+    fine_tuning_seeds: str = ""
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SeedGlue:
+        return cls(d["seed"], d["metric"], d["cost_axis"], {k: RunScore(**v) for k, v in d["scores"].items()},
+                   {k: FineTuneSpeedups(**v) for k, v in d["frontier"].items()}, d["report"],
+                   d.get("fine_tuning_seeds", ""))
+
+
+def read_report(path: Path, seed: int, out: Path) -> SeedGlue:
     """One pretraining seed from its report.json: GLUE score and cost of each run's final model, frontier speed-ups."""
     rep = json.loads(path.read_text())
-    scores = {r["run"]: {"score": r["mean"], "std": r["std"], "n": r["n"], "cost": r["cost"]}
+    scores = {r["run"]: RunScore(r["mean"], r["std"], r["n"], r["cost"])
               for r in rep["rows"] if r["checkpoint"] == "final"}
     frontier = {}
     for s in rep["speedups"]:
         f = s.get("frontier") or {}
-        frontier[s["run"]] = {"values": f.get("per_seed", []), "bounds": f.get("bounds", []),
-                              "text": f.get("text", ""), "verdict": f.get("verdict", INCONCLUSIVE),
-                              "no_signal": s.get("no_signal", "")}
-    return {"seed": seed, "metric": rep["ylabel"], "cost_axis": rep["cost_axis"], "scores": scores,
-            "frontier": frontier, "report": str(path.with_name("report.md").relative_to(out)),
-            "fine_tuning_seeds": rep["seeds"], "runs": names}
+        frontier[s["run"]] = FineTuneSpeedups(f.get("per_seed", []), f.get("bounds", []),
+                                              f.get("verdict", INCONCLUSIVE), s.get("no_signal", ""))
+    return SeedGlue(seed, rep["ylabel"], rep["cost_axis"], scores, frontier,
+                    str(path.with_name("report.md").relative_to(out)), rep["seeds"])
 
 
 def run_glue(settings: GlueSettings, runs: list, out: Path, has_calibration: bool) -> dict:
@@ -179,17 +226,8 @@ def run_glue(settings: GlueSettings, runs: list, out: Path, has_calibration: boo
         if has_calibration:
             report += ["--step_costs", str(out / "calibration.json")]
         _call(report, f"GLUE report of pretraining seed {seed}", capture=True)
-        per_seed.append(_read_report(folder / "report" / "report.json", seed, names, out))
-    return {"settings": asdict(settings), "seeds": per_seed}
-
-
-def _seed_value(f: dict) -> tuple[float | None, str]:
-    """A pretraining seed's frontier speed-up: the geometric mean over its fine-tuning seeds (bounded if any is)."""
-    s = speedup_spread(list(zip(f["values"], f["bounds"] or ["="] * len(f["values"]))))
-    if s.missing or s.mean is None:
-        return None, ""
-    marks = set(s.bounds) - {"="}
-    return (None, "") if len(marks) > 1 else (s.mean, marks.pop() if marks else "=")
+        per_seed.append(read_report(folder / "report" / "report.json", seed, out))
+    return {"settings": asdict(settings), "seeds": [asdict(s) for s in per_seed]}
 
 
 @dataclass
@@ -203,17 +241,17 @@ class GlueRow:
     reason: str
 
 
-def summarise(glue: dict) -> dict[str, GlueRow]:
+def summarise(seeds: list[SeedGlue]) -> dict[str, GlueRow]:
     """Per variant: GLUE score and calibrated cost (mean over pretraining seeds), frontier speed-up and verdict."""
-    seeds = glue["seeds"]
-    names = list(dict.fromkeys(n for s in seeds for n in s["scores"]))
+    names = list(dict.fromkeys(n for s in seeds for n in s.scores))
     out = {}
     for name in names:
-        score = spread_of([(s["scores"].get(name, {}).get("score"), "=") for s in seeds]).to_dict()
-        cost = spread_of([(s["scores"].get(name, {}).get("cost"), "=") for s in seeds]).to_dict()
-        pairs = [_seed_value(s["frontier"][name]) if name in s["frontier"] else (None, "") for s in seeds]
+        scores = [s.scores.get(name) for s in seeds]
+        score = spread_of([(x.score if x else None, "=") for x in scores]).to_dict()
+        cost = spread_of([(x.cost if x else None, "=") for x in scores]).to_dict()
+        pairs = [s.frontier[name].seed_value() if name in s.frontier else (None, "") for s in seeds]
         spread = speedup_spread(pairs)
-        v, why = verdict(spread) if any(name in s["frontier"] for s in seeds) else ("", "")
+        v, why = verdict(spread) if any(name in s.frontier for s in seeds) else ("", "")
         out[name] = GlueRow(score, cost, spread.to_dict(), v, why)
     return out
 
@@ -238,15 +276,16 @@ def agreement(rows: dict[str, GlueRow], mlm_verdicts: dict[str, str]) -> str:
 
 def glue_section(glue: dict, mlm_verdicts: dict[str, str]) -> tuple[dict, str]:
     """The report's GLUE section (markdown) and its summary for results.json, from results.json's ``glue`` entry."""
-    rows = summarise(glue)
-    first, st = glue["seeds"][0], glue["settings"]
+    seeds = [SeedGlue.from_dict(s) for s in glue["seeds"]]
+    rows = summarise(seeds)
+    first, st = seeds[0], glue["settings"]
     budget = f"{st['max_steps']} steps" if st["max_steps"] else f"{st['epochs']:g} epoch(s)"
     caps = f", {st['max_train_samples']} training rows per task" if st["max_train_samples"] else ""
-    axis = first["cost_axis"]
+    axis = first.cost_axis
     lines = ["## GLUE (fine-tuned final models)", "",
              f"Each run's final model fine-tuned by `glue_eval.sweep` on {st['tasks']} ({budget}{caps}, fine-tuning "
              f"seeds {', '.join(map(str, st['seeds']))}) from `{st['glue_dir']}`, per pretraining seed; quality: "
-             f"{first['metric']}, mean over fine-tuning seeds (higher is better). Cost: {COST_AXES.get(axis, axis)}. "
+             f"{first.metric}, mean over fine-tuning seeds (higher is better). Cost: {COST_AXES.get(axis, axis)}. "
              "Only final models "
              "are fine-tuned, so GLUE has the budget-frontier speed-up only (no paper-style curve).", "",
              "| variant | GLUE (mean ± sd over pretraining seeds) | cost (mean) | frontier speed-up on GLUE | "
@@ -262,17 +301,17 @@ def glue_section(glue: dict, mlm_verdicts: dict[str, str]) -> tuple[dict, str]:
         if not r.verdict:
             continue
         per = []
-        for s in glue["seeds"]:
-            f = s["frontier"].get(name)
+        for s in seeds:
+            f = s.frontier.get(name)
             if f is None:
                 continue
-            ft = f["no_signal"] or format_per_seed(speedup_spread(list(zip(f["values"], f["bounds"]))).to_dict())
-            v, b = _seed_value(f)
+            ft = f.no_signal or format_per_seed(speedup_spread(list(zip(f.values, f.bounds))).to_dict())
+            v, b = f.seed_value()
             shown = "no value" if v is None else format_spread(speedup_spread([(v, b)]))
-            per.append(f"seed {s['seed']} {shown} ({ft}: {f['verdict']})")
+            per.append(f"seed {s.seed} {shown} ({ft}: {f.verdict})")
         lines.append(f"- {name}: {'; '.join(per)} — {r.reason}")
     lines += ["", agreement(rows, mlm_verdicts), "",
               "Reports of `glue_eval.report` per pretraining seed: "
-              + ", ".join(f"`{s['report']}`" for s in glue["seeds"]), ""]
+              + ", ".join(f"`{s.report}`" for s in seeds), ""]
     summary = {n: asdict(r) for n, r in rows.items()}
     return summary, "\n".join(lines)

@@ -114,8 +114,8 @@ def _seed(seed, speedups, bounds=None, scores=(80.0, 70.0, 82.0)):
     return {"seed": seed, "metric": "GLUE average (BERT Table 1) over 1/8 tasks (sst2)", "cost_axis": "calibrated",
             "scores": {n: {"score": s, "std": 1.0, "n": 3, "cost": c} for n, s, c in zip(names, scores, (8, 4, 10))},
             "frontier": {"kd_full": {"values": list(speedups), "bounds": bounds or ["="] * len(speedups),
-                                     "text": "", "verdict": INCONCLUSIVE, "no_signal": ""}},
-            "report": f"glue/sst2-0123abcd/seed{seed}/report/report.md", "fine_tuning_seeds": "", "runs": {}}
+                                     "verdict": INCONCLUSIVE, "no_signal": ""}},
+            "report": f"glue/sst2-0123abcd/seed{seed}/report/report.md", "fine_tuning_seeds": ""}
 
 
 def _glue(seeds):
