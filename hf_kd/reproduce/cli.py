@@ -71,6 +71,9 @@ class ReproduceArguments:
     glue_epochs: float = field(default=GLUE_DEFAULTS.epochs, metadata={"help": "With --glue: fine-tuning epochs."})
     glue_max_steps: int | None = field(default=None, metadata={"help": "With --glue: fine-tuning steps instead of "
                                                                        "--glue_epochs."})
+    glue_learning_rate: float | None = field(default=GLUE_DEFAULTS.learning_rate, metadata={
+        "help": "With --glue: fine-tuning learning rate of every task (unset: glue_eval's per-task table, rates for "
+                "BERT-size models)."})
     rerender: bool = field(default=False, metadata={"help": "Only rebuild results.md/.json and the plots of a "
                                                             "finished --output_dir from its runs' logs."})
     check: bool = field(default=False, metadata={"help": "With --rerender: write nothing, exit 2 if results.md "
@@ -99,7 +102,7 @@ def _validate_glue(a: ReproduceArguments) -> None:
         what = f"--task {a.task}" if a.task != "mlm" else "--study" if a.study else "--preset bert-base-c4"
         raise UserError(f"--glue with {what} is invalid: expected --task mlm with --preset tiny or gpu-small "
                         "(GLUE fine-tunes the MLM students)")
-    for flag in ("glue_max_train_samples", "glue_epochs", "glue_max_steps"):
+    for flag in ("glue_max_train_samples", "glue_epochs", "glue_max_steps", "glue_learning_rate"):
         if getattr(a, flag) is not None and getattr(a, flag) < (0 if flag == "glue_max_train_samples" else 1e-9):
             raise UserError(f"--{flag} {getattr(a, flag)} is invalid: expected a positive number")
     if not a.glue_seeds:
@@ -116,7 +119,7 @@ def _glue_settings(a: ReproduceArguments) -> GlueSettings | None:
 
     check_glue_dir(a.glue, a.glue_tasks)
     return GlueSettings(str(Path(a.glue).resolve()), a.glue_tasks, tuple(a.glue_seeds),
-                        a.glue_max_train_samples or None, a.glue_epochs, a.glue_max_steps,
+                        a.glue_max_train_samples or None, a.glue_epochs, a.glue_max_steps, a.glue_learning_rate,
                         use_cpu=not torch.cuda.is_available())
 
 

@@ -38,6 +38,7 @@ DEFAULT_TASKS = "sst2"
 DEFAULT_SEEDS = (0, 1, 2)
 DEFAULT_MAX_TRAIN_SAMPLES = 2000
 DEFAULT_EPOCHS = 1.0
+DEFAULT_LEARNING_RATE = None
 COST_AXES = {"calibrated": "calibrated cost (baseline steps)", "gpu_hours": "measured GPU-hours (machine load can "
              "bend them)", "step": "optimizer steps"}
 
@@ -52,6 +53,7 @@ class GlueSettings:
     max_train_samples: int | None = DEFAULT_MAX_TRAIN_SAMPLES
     epochs: float | None = DEFAULT_EPOCHS
     max_steps: int | None = None  # instead of epochs
+    learning_rate: float | None = DEFAULT_LEARNING_RATE  # None: glue_eval's per-task table (BERT-size rates)
     use_cpu: bool = True
 
     def folder_name(self) -> str:
@@ -66,6 +68,8 @@ class GlueSettings:
         if self.max_train_samples:
             argv += ["--max_train_samples", str(self.max_train_samples)]
         argv += ["--max_steps", str(self.max_steps)] if self.max_steps else ["--num_train_epochs", str(self.epochs)]
+        if self.learning_rate:
+            argv += ["--learning_rate", str(self.learning_rate)]
         # the sweep's own progress bar and warnings, not each fine-tune's Trainer INFO lines
         return argv + ["--log_level", "warning"] + (["--use_cpu"] if self.use_cpu else [])
 
@@ -280,6 +284,8 @@ def glue_section(glue: dict, mlm_verdicts: dict[str, str]) -> tuple[dict, str]:
     rows = summarise(seeds)
     first, st = seeds[0], glue["settings"]
     budget = f"{st['max_steps']} steps" if st["max_steps"] else f"{st['epochs']:g} epoch(s)"
+    if st.get("learning_rate"):
+        budget += f", learning rate {st['learning_rate']:g}"
     caps = f", {st['max_train_samples']} training rows per task" if st["max_train_samples"] else ""
     axis = first.cost_axis
     lines = ["## GLUE (fine-tuned final models)", "",

@@ -22,7 +22,7 @@ def _argv(corpus, out, *extra):
 
 def _glue_flags(glue_dir):
     return ["--glue", str(glue_dir), "--glue_max_train_samples", "16", "--glue_max_steps", "2",
-            "--glue_seeds", "0", "1"]
+            "--glue_seeds", "0", "1", "--glue_learning_rate", "1e-3"]
 
 
 @pytest.mark.slow
@@ -46,6 +46,7 @@ def test_glue_end_to_end_adds_a_section_and_a_rerun_reuses_every_fine_tune(tmp_p
         lines = results.read_text().splitlines()
         assert len(lines) == 6 and {json.loads(x)["task"] for x in lines} == {"sst2"}
         assert {json.loads(x)["run"] for x in lines} == {"baseline", "baseline_0.5x", "kd_full"}
+        assert {json.loads(x)["hparams"]["learning_rate"] for x in lines} == {1e-3}  # --glue_learning_rate
     assert set(res["glue_summary"]) == {"baseline", "baseline_0.5x", "kd_full"}
     assert res["glue_summary"]["kd_full"]["verdict"] in (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)
     md = (out / "results.md").read_text()
@@ -86,6 +87,7 @@ def _refused(argv, capsys, *needles):
     (["--task", "vision"], ["--glue with --task vision"]),
     (["--study"], ["--glue with --study"]),
     (["--glue_max_steps", "0"], ["--glue_max_steps 0", "positive"]),
+    (["--glue_learning_rate", "-1"], ["--glue_learning_rate -1.0", "positive"]),
 ])
 def test_glue_refuses_other_tasks_and_bad_values_before_any_work(tmp_path, capsys, monkeypatch, extra, needles):
     _no_training(monkeypatch)
