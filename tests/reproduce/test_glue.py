@@ -21,7 +21,7 @@ def _argv(corpus, out, *extra):
 
 
 def _glue_flags(glue_dir):
-    return ["--glue", str(glue_dir), "--glue_max_train_samples", "16", "--glue_max_steps", "2",
+    return ["--glue", str(glue_dir), "--glue_tasks", "sst2", "--glue_max_train_samples", "16", "--glue_max_steps", "2",
             "--glue_seeds", "0", "1", "--glue_learning_rate", "1e-3"]
 
 
@@ -195,7 +195,7 @@ def test_fine_tunes_of_retrained_weights_are_dropped_and_each_configuration_has_
     drop_stale_lines(results)
     assert [json.loads(x)["seed"] for x in results.read_text().splitlines()] == [0]
 
-    a = GlueSettings("/data/glue", max_steps=2)
-    assert a.folder_name() == GlueSettings("/data/glue", max_steps=2).folder_name()
-    assert a.folder_name() != GlueSettings("/data/glue", max_steps=3).folder_name()
-    assert a.folder_name().startswith("sst2-")
+    a = GlueSettings("/data/glue", "sst2,rte", max_steps=2)
+    assert a.folder_name() == GlueSettings("/data/glue", "sst2,rte", max_steps=2).folder_name()
+    assert a.folder_name() != GlueSettings("/data/glue", "sst2,rte", max_steps=3).folder_name()
+    assert a.folder_name().startswith("sst2+rte-")
