@@ -303,8 +303,10 @@ def glue_section(glue: dict, mlm_verdicts: dict[str, str]) -> tuple[dict, str]:
         cost = "no value" if r.cost["mean"] is None else f"{r.cost['mean']:.0f}"
         lines.append(f"| {name} | {_num(r.score)} | {cost} | {speed} | {r.verdict} |")
     lines += ["", f"Verdicts: budget-frontier speed-up on GLUE across pretraining seeds (each seed: the geometric "
-              f"mean over its fine-tuning seeds); {RULE}.", "", "Per pretraining seed (GLUE frontier speed-up; in "
-              "brackets the fine-tuning seeds' values and the verdict over fine-tuning noise alone):"]
+              f"mean over its fine-tuning seeds); {RULE}."]
+    if any(r.verdict for r in rows.values()):
+        lines += ["", "Per pretraining seed (GLUE frontier speed-up; in brackets the fine-tuning seeds' values and "
+                  "the verdict over fine-tuning noise alone):"]
     for name, r in rows.items():
         if not r.verdict:
             continue
