@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -142,6 +143,14 @@ def drop_stale_lines(results: Path) -> None:
         write_text_atomic(results, "".join(keep))
 
 
+def step_costs_arg(calibration: Path) -> str | None:
+    """``--step_costs`` for glue_eval.report from the run's calibration: the step kinds glue_eval charges (``base``,
+    ``kd<k>``, ``post``); other kinds a calibration may hold (teacher-output caches) are not its to read."""
+    relative = json.loads(calibration.read_text()).get("relative") or {}
+    kept = {k: v for k, v in relative.items() if re.fullmatch(r"base|post|kd\d*", k)}
+    return ",".join(f"{k}={v!r}" for k, v in kept.items()) if "base" in kept else None
+
+
 def _call(argv: list[str], what: str, capture: bool = False) -> None:
     """Run ``python <argv>``; a failure is one line naming the command to rerun by hand."""
     done = subprocess.run([sys.executable, *argv], capture_output=capture, text=True)
@@ -229,8 +238,9 @@ def run_glue(settings: GlueSettings, runs: list, out: Path, has_calibration: boo
         frontier = ["baseline"] + [r.variant for r in mine if r.role == "frontier"]
         report = ["-m", "glue_eval.report", str(results), "--baseline", "baseline", "--frontier", *frontier,
                   "--output_dir", str(folder / "report")]
-        if has_calibration:
-            report += ["--step_costs", str(out / "calibration.json")]
+        costs = step_costs_arg(out / "calibration.json") if has_calibration else None
+        if costs:
+            report += ["--step_costs", costs]
         _call(report, f"GLUE report of pretraining seed {seed}", capture=True)
         per_seed.append(read_report(folder / "report" / "report.json", seed, out))
     return {"settings": asdict(settings), "seeds": [asdict(s) for s in per_seed]}

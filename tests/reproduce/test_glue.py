@@ -8,7 +8,7 @@ import pytest
 from glue_eval.testing import write_glue_fixture
 from hf_kd.cli import main as cli_main
 from hf_kd.core.uncertainty import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
-from hf_kd.reproduce.glue import GlueSettings, drop_stale_lines, glue_section
+from hf_kd.reproduce.glue import GlueSettings, drop_stale_lines, glue_section, step_costs_arg
 from hf_kd.reproduce.report import write_report
 from tests.support.data import write_tiny_corpus
 
@@ -199,3 +199,11 @@ def test_fine_tunes_of_retrained_weights_are_dropped_and_each_configuration_has_
     assert a.folder_name() == GlueSettings("/data/glue", "sst2,rte", max_steps=2).folder_name()
     assert a.folder_name() != GlueSettings("/data/glue", "sst2,rte", max_steps=3).folder_name()
     assert a.folder_name().startswith("sst2+rte-")
+
+
+def test_step_costs_for_the_glue_report_keep_the_kinds_glue_eval_charges(tmp_path):
+    cal = tmp_path / "calibration.json"
+    cal.write_text(json.dumps({"relative": {"base": 1.0, "kd1": 1.25, "kd3": 2.5, "cached": 0.98, "produce1": 0.93}}))
+    assert step_costs_arg(cal) == "base=1.0,kd1=1.25,kd3=2.5"
+    cal.write_text(json.dumps({"relative": {"cached": 0.98}}))
+    assert step_costs_arg(cal) is None  # no baseline step to scale by: the report's GPU-hours axis instead
