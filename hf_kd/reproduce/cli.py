@@ -10,6 +10,9 @@ from pathlib import Path
 from ..core.cli_utils import UserError, parse_args
 from ..core.paths import check_output_dir_creatable
 from ..core.trackers import check_trackers
+from .glue import GlueSettings
+
+GLUE_DEFAULTS = GlueSettings(glue_dir="")
 
 PRESET_NAMES = ("tiny", "gpu-small", "bert-base-c4")
 TASK_NAMES = ("mlm", "clm", "vision", "text")  # "text": the name "mlm" had before --task clm existed
@@ -61,6 +64,22 @@ class ReproduceArguments:
         "help": "Run the regime study (where KD pays: budget, teacher strength, KD positions, alpha/T; "
                 "docs/regime_study.md) into --output_dir; --only picks cells, --rerender [--check] rebuilds it."})
     launch: bool = field(default=False, metadata={"help": "bert-base-c4: run the printed commands (resumable)."})
+    glue: str | None = field(default=None, metadata={
+        "help": "A folder of the original GLUE files (<DIR>/SST-2/train.tsv, dev.tsv, ...): after training, fine-tune "
+                "every student's and frontier run's final model through glue_eval's sweep (per pretraining seed, "
+                "reusing finished fine-tunes) and add GLUE scores, frontier speed-ups and verdicts to the report. "
+                "--task mlm only."})
+    glue_tasks: str = field(default=GLUE_DEFAULTS.tasks, metadata={"help": "With --glue: comma-separated tasks."})
+    glue_seeds: list[int] = field(default_factory=lambda: list(GLUE_DEFAULTS.seeds),
+                                  metadata={"help": "With --glue: fine-tuning seeds of every final model."})
+    glue_max_train_samples: int | None = field(default=GLUE_DEFAULTS.max_train_samples, metadata={
+        "help": "With --glue: training rows per task (0: all)."})
+    glue_epochs: float = field(default=GLUE_DEFAULTS.epochs, metadata={"help": "With --glue: fine-tuning epochs."})
+    glue_max_steps: int | None = field(default=None, metadata={"help": "With --glue: fine-tuning steps instead of "
+                                                                       "--glue_epochs."})
+    glue_learning_rate: float | None = field(default=GLUE_DEFAULTS.learning_rate, metadata={
+        "help": "With --glue: fine-tuning learning rate of every task (unset: glue_eval's per-task table, rates for "
+                "BERT-size models)."})
     rerender: bool = field(default=False, metadata={"help": "Only rebuild results.md/.json and the plots of a "
                                                             "finished --output_dir from its runs' logs."})
     check: bool = field(default=False, metadata={"help": "With --rerender: write nothing, exit 2 if results.md "
@@ -82,9 +101,37 @@ def _validate(a: ReproduceArguments) -> None:
                         "caches serve the text tasks)")
     if a.teacher_outputs is None:
         a.teacher_outputs = "live" if a.task == "vision" else "cached"
+    if a.glue is not None and not a.rerender:
+        _validate_glue(a)
     if a.task in ("clm", "vision") and a.preset != "tiny" and not a.rerender:
         raise UserError(f"--preset {a.preset!r} with --task {a.task} is invalid: expected --preset tiny (the "
                         "other presets are MLM protocols)")
+
+
+def _validate_glue(a: ReproduceArguments) -> None:
+    if a.task != "mlm" or a.study or a.preset == "bert-base-c4":
+        what = f"--task {a.task}" if a.task != "mlm" else "--study" if a.study else "--preset bert-base-c4"
+        raise UserError(f"--glue with {what} is invalid: expected --task mlm with --preset tiny or gpu-small "
+                        "(GLUE fine-tunes the MLM students)")
+    for flag in ("glue_max_train_samples", "glue_epochs", "glue_max_steps", "glue_learning_rate"):
+        if getattr(a, flag) is not None and getattr(a, flag) < (0 if flag == "glue_max_train_samples" else 1e-9):
+            raise UserError(f"--{flag} {getattr(a, flag)} is invalid: expected a positive number")
+    if not a.glue_seeds:
+        raise UserError("--glue_seeds is empty: expected one or more integers, e.g. 0 1 2")
+
+
+def _glue_settings(a: ReproduceArguments) -> GlueSettings | None:
+    """The GLUE sweep's settings, its folder checked by glue_eval itself: refused before any training."""
+    if a.glue is None:
+        return None
+    import torch
+
+    from .glue import check_glue_dir
+
+    check_glue_dir(a.glue, a.glue_tasks)
+    return GlueSettings(str(Path(a.glue).resolve()), a.glue_tasks, tuple(a.glue_seeds),
+                        a.glue_max_train_samples or None, a.glue_epochs, a.glue_max_steps, a.glue_learning_rate,
+                        use_cpu=not torch.cuda.is_available())
 
 
 def _protocol(a: ReproduceArguments) -> dict:
@@ -95,6 +142,7 @@ def _protocol(a: ReproduceArguments) -> dict:
     from .protocol import select_variants
     from .run import run_protocol
 
+    glue = _glue_settings(a)
     base = PRESETS[a.task][a.preset]
     p = apply_overrides(base, a.override)
     if getattr(p, "recycled_teacher", None):  # a mistyped path: one line now, not a Hub error after the corpus
@@ -114,7 +162,8 @@ def _protocol(a: ReproduceArguments) -> dict:
         backend = TextBackend(p, a.corpus, a.report_to)
         workers = 1 if p.streaming or a.preset == "gpu-small" else a.workers
     return run_protocol(backend, a.output_dir, a.seeds or DEFAULT_SEEDS[a.preset], a.only, full=a.full,
-                        workers=workers, threads=a.threads, calibration_rounds=rounds, teacher_outputs=a.teacher_outputs)
+                        workers=workers, threads=a.threads, calibration_rounds=rounds, teacher_outputs=a.teacher_outputs,
+                        glue=glue)
 
 
 def _text_backend(a: ReproduceArguments):

@@ -21,6 +21,7 @@ from ..core.errors import UserError
 from ..core.uncertainty import RULE, format_per_seed, format_spread
 from .costs import CostModel
 from .findings import findings
+from .glue import glue_section
 from .protocol import Calibration, RunRecord
 from .recycle_report import cache_lines, cost_views_section
 from .table import AXES, METRICS, TEXT, VariantRow, axes_of, curve, final, speedups, verdict_axis
@@ -182,6 +183,10 @@ def write_report(results: dict, out: Path, write: bool = True) -> dict:
           f"Per-seed frontier speed-ups ({AXES[axis]}):\n{per_seed_lines(table, calibration)}\n\n"
           f"{cost_views_section(table, runs, metric)}"
           f"## Findings\n{verdicts}\n")
+    if results.get("glue"):  # GLUE of the final models (--glue): rebuilt from the per-seed numbers kept here
+        mlm = {n: r.verdict for n, r in table.items() if r.role == "student" and n != "baseline"}
+        results["glue_summary"], section = glue_section(results["glue"], mlm)
+        md += "\n" + section
     results["markdown"] = md
     if write:
         (out / "results.md").write_text(md)

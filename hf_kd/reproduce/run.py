@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .calibrate import kinds_for, load_or_measure
+from .glue import GlueSettings, keep_final_models, run_glue
 from .jobs import Context, execute, log_plan
 from .protocol import TaskBackend, plan_jobs, select_variants
 from .report import write_report
@@ -24,19 +25,22 @@ logger = logging.getLogger(__name__)
 def run_protocol(backend: TaskBackend, output_dir: str, seeds: int = 1, only: list[str] | None = None,
                  full: bool = True, workers: int = 1, threads: int = 1, calibrate: bool = True,
                  baseline_dir: str | None = None, calibration_rounds: tuple[int, int] = (5, 3),
-                 teacher_outputs: str = "live") -> dict:
+                 teacher_outputs: str = "live", glue: GlueSettings | None = None) -> dict:
     """Run the protocol (resumable: finished runs are reused); returns the results dict (also in ``output_dir``).
 
     ``baseline_dir``: a folder of runs without teachers shared with other protocols (see ``protocol.run_dir_for``).
     ``calibration_rounds``: (rounds, steps per round) of the step-cost calibration (``calibrate.calibration_size``).
     ``teacher_outputs``: ``"cached"``: KD students read teacher outputs produced once per (teachers, seed) into
     ``output_dir/teacher_outputs`` (and ``kd_full_live`` checks their quality against a live teacher);
-    ``"live"``: every KD step runs its teachers (the paper's protocol)."""
+    ``"live"``: every KD step runs its teachers (the paper's protocol).
+    ``glue``: afterwards fine-tune every run's final model on GLUE (:mod:`.glue`) and add that to the report."""
     p = backend.preset
     vs = select_variants(p.frontier, only, full, teacher_outputs)
     out = Path(output_dir)
     ctx = Context(backend, save_every=2 * p.eval_every)
     jobs = plan_jobs(p, vs, seeds, out, Path(baseline_dir) if baseline_dir else None)
+    if glue:
+        keep_final_models(backend, jobs)
     calibration = None
     if calibrate:
         kinds = kinds_for(vs)
@@ -60,4 +64,6 @@ def run_protocol(backend: TaskBackend, output_dir: str, seeds: int = 1, only: li
                "teachers": {n: t.meta for n, t in teachers.items() if n not in caches},
                **({"caches": {n: teachers[n].meta for n in sorted(caches)}} if caches else {}),
                "runs": [r.to_dict() for r in runs]}
+    if glue:
+        results["glue"] = run_glue(glue, runs, out, calibration)
     return write_report(results, out)

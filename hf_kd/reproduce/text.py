@@ -31,6 +31,7 @@ from ..text.trainer import DistillationTrainer
 from . import text_outputs
 from .calibrate import running_in_background, teachers_per_kind, time_step_kinds
 from .corpus import BUILTIN_NAME, Corpus, load_corpus, load_saved_corpus, save_corpus, unigram_entropy
+from .glue import save_final_model
 from .presets import TextPreset
 from .protocol import (
     CacheSpec,
@@ -81,6 +82,8 @@ def preset_key(p: TextPreset) -> dict:
 class TextBackend:
     """:class:`~hf_kd.reproduce.protocol.TaskBackend` for masked and causal LMs (``preset.task``)."""
 
+    keep_models = False  # save each run's final model (``--glue`` fine-tunes them: :mod:`.glue`)
+
     def __init__(self, preset: TextPreset, corpus_path: str | None = None, report_to: str = "none",
                  corpus: Corpus | None = None, corpus_dir: str | None = None):
         self.preset, self.task, self.corpus_path, self.report_to = preset, preset.task, corpus_path, report_to
@@ -128,7 +131,9 @@ class TextBackend:
 
     def for_workers(self, folder: Path) -> TextBackend:
         save_corpus(self.corpus, folder)
-        return TextBackend(self.preset, self.corpus_path, self.report_to, corpus=self.corpus, corpus_dir=str(folder))
+        backend = TextBackend(self.preset, self.corpus_path, self.report_to, corpus=self.corpus, corpus_dir=str(folder))
+        backend.keep_models = self.keep_models
+        return backend
 
     # -- trainings --------------------------------------------------------------------------------------------
     def trainer(self, out: Path, steps: int, seed: int, teachers: list[str] | list[torch.nn.Module] = (),
@@ -174,6 +179,8 @@ class TextBackend:
         tr = self.train_one(Path(job.run_dir), job.steps, job.seed, teachers, job.variant, progress=progress,
                             save_every=save_every, report_to=self.report_to,
                             kd_teacher_cache=job.cache.folder if job.cache else None)
+        if self.keep_models:
+            save_final_model(tr)
         return RunOutcome(tr.teacher_forwards, tr.state.log_history)
 
     def ensure_teacher_outputs(self, spec: CacheSpec, teachers: list[TeacherRecord], progress: bool) -> TeacherRecord:
