@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parent
-REPORTS = ("reproduce_builtin", "reproduce_clm", "reproduce_c4")
+REPORTS = ("reproduce_builtin", "reproduce_clm", "reproduce_c4", "reproduce_glue")
 
 
 def _split(text: str, marker: str) -> tuple[str, str]:
