@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parent
-REPORTS = ("reproduce_builtin", "reproduce_clm", "reproduce_c4", "reproduce_glue")
+REPORTS = ("reproduce_builtin", "reproduce_clm", "reproduce_c4", "reproduce_glue", "reproduce_clm_full")
 
 
 def _split(text: str, marker: str) -> tuple[str, str]:

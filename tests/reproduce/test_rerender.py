@@ -67,7 +67,8 @@ def test_rerender_check_rejects_an_edited_or_stale_report(tmp_path, capsys):
     assert md.read_text() == text  # ... gives back what the logs say
 
 
-@pytest.mark.parametrize("name", ["reproduce_builtin", "reproduce_clm", "reproduce_c4", "reproduce_glue"])
+@pytest.mark.parametrize("name", ["reproduce_builtin", "reproduce_clm", "reproduce_c4", "reproduce_glue",
+                                  "reproduce_clm_full"])
 def test_checked_in_report_follows_from_its_run_logs(tmp_path, name):
     """docs/reproduce_*.md must be what the checked-in code makes of its run logs (no stale numbers)."""
     import shutil
