@@ -57,6 +57,11 @@ def kd_weight(step: int, alpha: float, stop_step: int) -> float:
     return float(alpha) if kd_is_active(step, stop_step) else 0.0
 
 
+def teachers_per_step(num_teachers: int, selection: str = "mean") -> int:
+    """How many teachers run (or are produced for) at one KD step: all with ``"mean"``, one with ``"sample"``."""
+    return num_teachers if selection == "mean" else min(1, num_teachers)
+
+
 def teacher_indices(step: int, num_teachers: int, selection: str = "mean", seed: int = 0) -> list[int]:
     """Which teachers run at optimizer ``step``.
 

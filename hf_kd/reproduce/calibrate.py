@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ..core.atomic import write_text_atomic
+from ..core.schedule import teachers_per_step
 from ..core.step_costs import kd_kind
 from .costs import CostModel, produce_kind
 from .protocol import CacheSpec, Calibration, RunRecord, Variant
@@ -34,7 +35,7 @@ ENSEMBLE = ("good", "second", "poor")
 
 def step_kind(teachers, selection: str = "mean") -> str:
     """The kind of a run's KD steps: ``kd<k>`` with ``k`` teachers run per step (1 when sampling)."""
-    return kd_kind(len(teachers) if selection == "mean" else 1)
+    return kd_kind(teachers_per_step(len(teachers), selection))
 
 
 def kinds_for(vs: list[Variant]) -> list[str]:
@@ -46,7 +47,7 @@ def kinds_for(vs: list[Variant]) -> list[str]:
             if v.kd_stop_ratio is not None:
                 kinds.add("post")
             if v.outputs == "cached":
-                kinds.update(("cached", produce_kind(int(step_kind(v.teachers, v.selection)[2:]))))
+                kinds.update(("cached", produce_kind(teachers_per_step(len(v.teachers), v.selection))))
     return sorted(kinds)
 
 
@@ -145,7 +146,7 @@ def estimate_seconds(runs: list[RunRecord], teacher_steps: int, calibration: Cal
     base = calibration.seconds_per_step["base"]
     costs = CostModel(calibration)
     steps = sum(costs.cost(r, r.steps, "sunk") for r in runs) + teacher_steps
-    steps += sum(costs.production(len(c.teachers) if c.selection == "mean" else 1, c.steps) for c in caches)
+    steps += sum(costs.production(teachers_per_step(len(c.teachers), c.selection), c.steps) for c in caches)
     work = steps * base + evaluations * calibration.seconds_per_evaluation
     return calibration_seconds + work / max(1, workers)
 

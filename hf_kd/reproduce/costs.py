@@ -19,21 +19,21 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from ..core.schedule import resolve_kd_stop_step
+from ..core.schedule import resolve_kd_stop_step, teachers_per_step
 from ..core.step_costs import charged_steps
 from .protocol import Calibration, RunRecord
 
 VIEWS = ("live", "amortised", "sunk")
 
 
-def teachers_per_step(run: RunRecord) -> int:
+def run_teachers_per_step(run: RunRecord) -> int:
     """Teachers a live KD step of ``run`` runs: all of a ``mean`` ensemble, one when sampling."""
-    return len(run.teachers) if (run.selection or "mean") == "mean" else 1
+    return teachers_per_step(len(run.teachers), run.selection or "mean")
 
 
-def produce_kind(teachers_per_step: int) -> str:
-    """The calibration key of producing one step's targets with ``teachers_per_step`` teachers."""
-    return f"produce{teachers_per_step}"
+def produce_kind(teachers: int) -> str:
+    """The calibration key of producing one step's targets with ``teachers`` teachers."""
+    return f"produce{teachers}"
 
 
 def is_cached(run: RunRecord) -> bool:
@@ -71,15 +71,15 @@ class CostModel:
         if not run.teachers:
             return charged_steps(step, 0, 0, rel)
         if not is_cached(run) or view == "live":
-            return charged_steps(step, teachers_per_step(run), kd_stop_step(run), rel)
+            return charged_steps(step, run_teachers_per_step(run), kd_stop_step(run), rel)
         stop = kd_stop_step(run)
         kd = min(step, stop)
         train = kd * rel["cached"] + max(0.0, step - kd) * rel.get("post", rel.get("base", 1.0))
         if view == "sunk":
             return train
         readers = self.readers.get(run.cache) or [stop]  # a run alone in its report is the cache's only reader
-        return train + rel[produce_kind(teachers_per_step(run))] * shared_steps(readers, kd)
+        return train + rel[produce_kind(run_teachers_per_step(run))] * shared_steps(readers, kd)
 
-    def production(self, teachers_per_step: int, steps: int) -> float:
+    def production(self, teachers: int, steps: int) -> float:
         """Cost of producing ``steps`` steps of targets (the plan's time estimate)."""
-        return steps * self.relative[produce_kind(teachers_per_step)]
+        return steps * self.relative[produce_kind(teachers)]

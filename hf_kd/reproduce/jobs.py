@@ -24,6 +24,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..core.atomic import write_text_atomic
+from ..core.cache_format import MANIFEST
 from .calibrate import estimate_seconds
 from .protocol import Calibration, Job, RunRecord, TaskBackend, TeacherRecord
 
@@ -136,7 +137,7 @@ def log_plan(jobs: list[Job], ctx: Context, calibration: Calibration, workers: i
                       j.cache.name if j.cache else "") for j in todo]
     teachers = [backend.teacher_steps_to_train(j.name) for j in teacher_jobs]
     caches = [j.cache for j in jobs if j.variant is None and j.cache is not None
-              and not (Path(j.cache.folder) / "manifest.json").is_file()]
+              and not (Path(j.cache.folder) / MANIFEST).is_file()]
     n_evals = sum(evaluations(r.steps, backend.preset.eval_every) for r in runs) + \
         sum(evaluations(s, backend.teacher_eval_every(s)) for s in teachers)
     names = sorted({j.name for j in jobs if j.variant is not None})

@@ -13,9 +13,9 @@ import statistics
 from ..core.uncertainty import format_spread
 from .costs import is_cached
 from .protocol import LIVE_TWIN, RunRecord
-from .table import VariantRow
+from .table import VIEW_AXES, VariantRow
 
-VIEWS = (("calibrated_live", "live"), ("calibrated", "amortised"), ("calibrated_sunk", "sunk"))
+VIEWS = tuple(VIEW_AXES.items())  # (cost axis, view) in the order the table shows them
 
 
 def cache_lines(results: dict) -> list[str]:
@@ -67,9 +67,8 @@ def cost_views_section(table: dict[str, VariantRow], runs: list[RunRecord], metr
     """The section (markdown) for a report with cached runs, else ""."""
     if not any(is_cached(r) for r in runs):
         return ""
-    kd = [n for n, r in table.items() if r.role == "student" and "calibrated_live" in r.frontier
-          and any(e.calibrated_cost.get("calibrated_live") != e.calibrated_cost.get("calibrated") or n == LIVE_TWIN
-                  for e in r.per_seed)]
+    with_teachers = {r.variant for r in runs if r.teachers}
+    kd = [n for n in table if n in with_teachers]
     head = ("| variant | " + " | ".join(f"cost, {v}" for _, v in VIEWS) + " | "
             + " | ".join(f"frontier, {v}" for _, v in VIEWS) + " | verdict live / amortised / sunk |")
     lines = [head, "|" + "---|" * 8]

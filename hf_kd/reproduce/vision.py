@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..core.checkpointing import latest_complete_checkpoint
+from ..core.schedule import teachers_per_step
 from ..text.data import cache_root
 from ..vision.checkpoints import STATE_MARKER
 from ..vision.data import VisionDataArguments
@@ -81,7 +82,7 @@ class VisionBackend:
                         VisionDataArguments(), self._args(out, steps, seed, v, save_every, resume))
         # Forwards before a resumed run's checkpoint were made by another process: one per teacher run per
         # micro-batch of every KD step (all teachers with ``mean``, one with ``sample``).
-        per_step = (len(teacher_dirs) if not v or v.selection == "mean" else min(1, len(teacher_dirs)))
+        per_step = teachers_per_step(len(teacher_dirs), v.selection if v else "mean")
         calls = [min(run.state.step, run.stop_step) * per_step * run.args.gradient_accumulation_steps if resume else 0]
         for t in run.kd_step.teachers:
             t.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))

@@ -2,7 +2,7 @@ from collections import Counter
 
 import pytest
 
-from hf_kd.core.schedule import kd_is_active, kd_weight, resolve_kd_stop_step, teacher_indices
+from hf_kd.core.schedule import kd_is_active, kd_weight, resolve_kd_stop_step, teacher_indices, teachers_per_step
 
 
 def test_stop_step_forms():
@@ -60,3 +60,10 @@ def test_agreeing_stop_forms_are_accepted():
     args.kd_stop_steps = 56
     with pytest.raises(ValueError, match="ratio gives step 55"):
         validate_kd_fields(args, max_steps=100)
+
+
+def test_teachers_per_step_counts_what_teacher_indices_runs():
+    for n in (1, 3):
+        for selection in ("mean", "sample"):
+            assert teachers_per_step(n, selection) == len(teacher_indices(5, n, selection, seed=1))
+    assert teachers_per_step(0, "sample") == 0  # no teachers: nothing runs

@@ -36,6 +36,7 @@ def test_each_cached_step_is_charged_its_production_split_among_its_readers():
     assert sum(costs.cost(r, 100, "amortised") - costs.cost(r, 100, "sunk") for r in (full, s25, s50)) == \
         pytest.approx(100 * 0.3)
     assert costs.cost(s50, 100, "sunk") == pytest.approx(50 * 1.1 + 50)
+    assert costs.production(1, 100) == pytest.approx(30.0)  # the plan's estimate of producing a 100-step cache
     assert costs.cost(s50, 100, "live") == pytest.approx(50 * 1.5 + 50)
     live = synthetic_run("kd_full_live", [5.0] * 10, teachers=("good",))
     assert {costs.cost(live, 100, v) for v in ("live", "amortised", "sunk")} == {150.0}
