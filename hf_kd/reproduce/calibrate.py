@@ -151,12 +151,24 @@ def estimate_seconds(runs: list[RunRecord], teacher_steps: int, calibration: Cal
     return calibration_seconds + work / max(1, workers)
 
 
+# Preset fields that change no step's cost (rates, budgets of teachers, the data stream): a rerun that sets them
+# reuses the calibration measured beside the runs it shares (a fresh one under other load would move every cost).
+NOT_COST_SHAPING = ("learning_rate", "kd_learning_rate", "data_seed", "good_teacher_steps", "second_teacher_steps",
+                    "poor_teacher_steps")
+
+
+def _cost_shaping(key: dict) -> dict:
+    preset = {k: value for k, value in (key.get("preset") or {}).items()
+              if value is not None and k not in NOT_COST_SHAPING}
+    return {**key, "preset": preset}
+
+
 def load_or_measure(path: Path, key: dict, measure: Callable[[], Calibration]) -> Calibration:
     """The calibration stored at ``path`` for ``key`` (reused on reruns, so resumed runs share it), else measure."""
     key = json.loads(json.dumps(key, default=str))
     if path.is_file():
         saved = json.loads(path.read_text())
-        if saved.get("key") == key:
+        if _cost_shaping(saved.get("key") or {}) == _cost_shaping(key):
             return Calibration.from_dict(saved)
     cal = measure()
     cal.key = key

@@ -51,14 +51,22 @@ def run_key(ctx: Context, job: Job, teachers: dict[str, TeacherRecord]) -> dict:
 # Preset fields that do not change a training without teachers (the KD knobs, the teachers' budgets, the
 # protocol's budget and frontier: the run's own step count is in the key).
 KD_ONLY_FIELDS = ("steps", "frontier", "kd_alpha", "kd_temperature", "kd_positions", "good_teacher_steps",
-                  "second_teacher_steps", "poor_teacher_steps", "recycled_teacher", "cache_top_k")
+                  "second_teacher_steps", "poor_teacher_steps", "recycled_teacher", "cache_top_k", "kd_learning_rate")
+# The teachers' budgets: a KD run's key holds the records of the teachers it reads (their steps included), so the
+# budget of a teacher it does not read (the poor one, for KD from the good teacher) does not shape it.
+TEACHER_BUDGETS = ("good_teacher_steps", "second_teacher_steps", "poor_teacher_steps")
 
 
 def comparable(key: dict) -> dict:
-    """``key`` without what does not shape the run (applied to saved and new keys alike: old results match)."""
+    """``key`` without what does not shape the run (applied to saved and new keys alike: old results match).
+
+    Preset fields set to ``None`` are dropped too: a field added later with a ``None`` default (meaning "as
+    before") leaves the results saved before it recognised."""
     key = json.loads(json.dumps(key))
     preset = key.get("preset", {})
     preset.pop("frontier", None)  # which frontier points a protocol draws changes no single run
+    for k in [k for k, value in preset.items() if value is None or k in TEACHER_BUDGETS]:
+        del preset[k]
     if not key.get("teachers"):
         for k in KD_ONLY_FIELDS:
             preset.pop(k, None)

@@ -58,8 +58,9 @@ def training_args(p: TextPreset, out: Path, steps: int, seed: int, v: Variant | 
     """The run's flags (each one is a ``run_mlm_kd.py`` / ``run_clm_kd.py`` flag of the same name)."""
     return DistillationTrainingArguments(
         output_dir=str(out), max_steps=steps, per_device_train_batch_size=p.batch_size,
-        per_device_eval_batch_size=64, learning_rate=p.learning_rate, warmup_steps=p.warmup_ratio,
-        lr_scheduler_type="linear", weight_decay=0.01, seed=seed, data_seed=seed, eval_strategy="steps",
+        per_device_eval_batch_size=64, learning_rate=_learning_rate(p, v), warmup_steps=p.warmup_ratio,
+        lr_scheduler_type="linear", weight_decay=0.01, seed=seed,
+        data_seed=seed if p.data_seed is None else p.data_seed, eval_strategy="steps",
         eval_steps=p.eval_every, logging_steps=p.eval_every, report_to=report_to,
         # Checkpoints let an interrupted run resume (hf-kd reproduce reruns pick them up); one is kept.
         save_strategy="steps" if save_every else "no", save_steps=save_every or 500, save_total_limit=1,
@@ -68,6 +69,11 @@ def training_args(p: TextPreset, out: Path, steps: int, seed: int, v: Variant | 
         kd_alpha=p.kd_alpha, kd_temperature=p.kd_temperature, kd_positions=p.kd_positions,
         kd_stop_ratio=v.kd_stop_ratio if v else None, kd_teacher_selection=v.selection if v else "mean",
         kd_teacher_cache=kd_teacher_cache, overwrite_output_dir=True)
+
+
+def _learning_rate(p: TextPreset, v: Variant | None) -> float:
+    """A KD student's rate is ``kd_learning_rate`` when set; baselines and teachers keep ``learning_rate``."""
+    return p.kd_learning_rate if v is not None and v.teachers and p.kd_learning_rate is not None else p.learning_rate
 
 
 def preset_key(p: TextPreset) -> dict:
