@@ -55,8 +55,8 @@ class TextPreset:
     # The KD students' peak learning rate (None: learning_rate, the baselines'). The paper code's alpha 0.9 / T 4
     # multiplies the KD gradient by T^2 (Hinton et al. 2015), so it may need a smaller rate than the baselines.
     kd_learning_rate: float | None = None
-    # One data stream for every seed (None: seed i reads stream i): seeds then differ only in the initialisation
-    # (and, for MLM, the masks), which measures how much of the per-seed spread the data order makes.
+    # One data stream for every seed (None: seed i reads stream i): seeds then differ only in the initialisation and
+    # dropout (MLM masks follow the data stream), which measures how much of the per-seed spread the data makes.
     data_seed: int | None = None
 
     def __post_init__(self):
@@ -91,9 +91,9 @@ GPU_SMALL = TextPreset(
     max_eval_samples=2048, recycled_teacher="google/bert_uncased_L-8_H-512_A-8", bf16=True)
 # A causal-LM step scores every position over the whole vocabulary (an MLM step: the 15 % masked ones), so it
 # costs several MLM steps: fewer steps fit the same wall-clock (see the README for the measured step time).
-# The poor teacher: about as good as the no-KD student it should speed up, yet below the unigram level. A 30-step
+# The poor teacher: far behind the good one and close to the no-KD student, yet below the unigram level. A 30-step
 # teacher (0.41 nats above it) is worse than token frequencies, no teacher at all; at the students' own 120 steps
-# the teacher's seed ended 0.05 nats above it, so it trains 1.5x their budget.
+# the teacher's seed ended 0.05 nats above it, so it trains 1.5x their budget (docs/reproduce_clm_full.md).
 CLM_TINY = replace(MLM_TINY, task="clm", steps=120, eval_every=12, good_teacher_steps=360,
                    second_teacher_steps=240, poor_teacher_steps=180)
 VISION_TINY = VisionPreset()
