@@ -144,8 +144,11 @@ def log_plan(jobs: list[Job], ctx: Context, calibration: Calibration, workers: i
                       j.variant.kd_stop_ratio, j.variant.selection, 0, [], j.variant.outputs,
                       j.cache.name if j.cache else "") for j in todo]
     teachers = [backend.teacher_steps_to_train(j.name) for j in teacher_jobs]
+    # a finished cache made from a teacher that must still be (re)trained is produced again: the new teacher's
+    # fingerprint cannot match the one its manifest holds
+    untrained = {n for n, t in peeked.items() if t is None}
     caches = [j.cache for j in jobs if j.variant is None and j.cache is not None
-              and not (Path(j.cache.folder) / MANIFEST).is_file()]
+              and (not (Path(j.cache.folder) / MANIFEST).is_file() or untrained & set(j.cache.teachers))]
     n_evals = sum(evaluations(r.steps, backend.preset.eval_every) for r in runs) + \
         sum(evaluations(s, backend.teacher_eval_every(s)) for s in teachers)
     names = sorted({j.name for j in jobs if j.variant is not None})

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from hf_kd.cli import main as cli_main
+from hf_kd.core.cache_format import MANIFEST
 from hf_kd.reproduce.calibrate import calibration_size, estimate_seconds, time_step_kinds
 from hf_kd.reproduce.jobs import RESULT, Context, log_plan, run_key
 from hf_kd.reproduce.presets import CLM_TINY, scale_steps
@@ -60,6 +61,23 @@ def test_plan_estimate_counts_every_run_teacher_step_evaluation_and_the_calibrat
     steps = 8 + 4 + (4 * 2.0 + 4 * 1.0) + 6
     n_evals = 8 // 2 + 4 // 2 + 8 // 2 + 6 // 3
     assert sec == pytest.approx(10.0 + (steps * 0.5 + n_evals * 0.25) / 2)
+
+
+def test_plan_counts_a_finished_cache_of_a_teacher_still_to_train_as_to_produce(tmp_path, caplog):
+    backend = fake_backend()
+    jobs = plan_jobs(TINY, select_variants(TINY.frontier, ["kd_full"], False, teacher_outputs="cached"), 1,
+                     tmp_path)
+    [cache] = [j.cache for j in jobs if j.variant is None and j.cache is not None]
+    Path(cache.folder).mkdir(parents=True)
+    (Path(cache.folder) / MANIFEST).write_text("{}")  # finished, from the teacher as it was
+    cal = replace(CAL, relative={**CAL.relative, "cached": 1.0, "produce1": 0.5},
+                  seconds_per_step={**CAL.seconds_per_step, "cached": 0.5, "produce1": 0.25})
+    with caplog.at_level(logging.INFO, logger="hf_kd.reproduce.jobs"):
+        log_plan(jobs, Context(backend), cal, workers=1)
+        backend.peek_teacher = lambda n: None  # the teacher is retrained (another budget): its cache is stale
+        log_plan(jobs, Context(backend), cal, workers=1)
+    counts = [line.split("teacher steps + ")[1].split(" teacher-output")[0] for line in caplog.messages]
+    assert counts == ["0", "1"]
 
 
 def test_estimate_arithmetic():
