@@ -17,7 +17,16 @@ import tempfile
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parent
-REPORTS = ("reproduce_builtin", "reproduce_clm", "reproduce_c4", "reproduce_glue", "reproduce_clm_full")
+MARKER = "<!-- results.md of that run, verbatim"
+
+
+def report_pages() -> list[str]:
+    """Every page under docs/ holding a verbatim report, with its run logs beside it (``<name>.json``)."""
+    return sorted(str(p.relative_to(DOCS).with_suffix("")) for p in DOCS.rglob("*.md")
+                  if p.with_suffix(".json").is_file() and MARKER in p.read_text())
+
+
+REPORTS = tuple(report_pages())
 
 
 def _split(text: str, marker: str) -> tuple[str, str]:
@@ -33,13 +42,13 @@ def rerender_page(name: str, tmp: Path) -> tuple[str, str]:
     page = DOCS / f"{name}.md"
     text = page.read_text()
     work = tmp / name
-    work.mkdir()
+    work.mkdir(parents=True)
     if name == "regime_study":
         head, _ = _split(text, "<!-- study.md of that run, verbatim")
         shutil.copytree(DOCS / "regime_study" / "cells", work / "cells")
         assert cli_main(["reproduce", "--study", "--rerender", "--output_dir", str(work)]) == 0
         return text, head + (work / "study.md").read_text()
-    head, _ = _split(text, "<!-- results.md of that run, verbatim")
+    head, _ = _split(text, MARKER)
     shutil.copy(DOCS / f"{name}.json", work / "results.json")
     assert cli_main(["reproduce", "--rerender", "--output_dir", str(work)]) == 0
     if "--check" not in sys.argv:  # the plots' paths point into the temporary folder: keep their names only

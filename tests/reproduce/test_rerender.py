@@ -1,6 +1,7 @@
 """A report's numbers must follow from the run logs kept beside it (``hf-kd reproduce --rerender --check``)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -67,15 +68,23 @@ def test_rerender_check_rejects_an_edited_or_stale_report(tmp_path, capsys):
     assert md.read_text() == text  # ... gives back what the logs say
 
 
-@pytest.mark.parametrize("name", ["reproduce_builtin", "reproduce_clm", "reproduce_c4", "reproduce_glue",
-                                  "reproduce_clm_full"])
-def test_checked_in_report_follows_from_its_run_logs(tmp_path, name):
-    """docs/reproduce_*.md must be what the checked-in code makes of its run logs (no stale numbers)."""
-    import shutil
-    from pathlib import Path
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+MARKER = "<!-- results.md of that run, verbatim"
+# every page with a verbatim report and its run logs beside it (docs/rerender.py finds them the same way)
+PAGES = sorted(str(p.relative_to(DOCS).with_suffix("")) for p in DOCS.rglob("*.md")
+               if p.with_suffix(".json").is_file() and MARKER in p.read_text())
 
-    docs = Path(__file__).resolve().parents[2] / "docs"
-    marker = "<!-- results.md of that run, verbatim"
+
+def test_the_checked_in_reports_are_found():
+    assert {"reproduce_builtin", "reproduce_clm", "reproduce_clm_full", "reproduce_glue"} <= set(PAGES)
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_checked_in_report_follows_from_its_run_logs(tmp_path, name):
+    """Each page's verbatim report must be what the checked-in code makes of its run logs (no stale numbers)."""
+    import shutil
+
+    docs, marker = DOCS, MARKER
     text = (docs / f"{name}.md").read_text()
     assert marker in text
     (tmp_path / "results.md").write_text(text.split(marker, 1)[1].split("-->\n\n", 1)[1])
