@@ -27,6 +27,7 @@ from ..core.atomic import write_text_atomic
 from ..core.schedule import teachers_per_step
 from ..core.step_costs import kd_kind
 from .costs import CostModel, produce_kind
+from .presets import TEACHER_BUDGETS
 from .protocol import CacheSpec, Calibration, RunRecord, Variant
 
 logger = logging.getLogger(__name__)
@@ -153,8 +154,7 @@ def estimate_seconds(runs: list[RunRecord], teacher_steps: int, calibration: Cal
 
 # Preset fields that change no step's cost (rates, budgets of teachers, the data stream): a rerun that sets them
 # reuses the calibration measured beside the runs it shares (a fresh one under other load would move every cost).
-NOT_COST_SHAPING = ("learning_rate", "kd_learning_rate", "data_seed", "good_teacher_steps", "second_teacher_steps",
-                    "poor_teacher_steps")
+NOT_COST_SHAPING = ("learning_rate", "kd_learning_rate", "data_seed", *TEACHER_BUDGETS)
 
 
 def _cost_shaping(key: dict) -> dict:

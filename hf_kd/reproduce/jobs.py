@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from ..core.atomic import write_text_atomic
 from ..core.cache_format import MANIFEST
 from .calibrate import estimate_seconds
+from .presets import TEACHER_BUDGETS
 from .protocol import Calibration, Job, RunRecord, TaskBackend, TeacherRecord
 
 logger = logging.getLogger(__name__)
@@ -48,13 +49,10 @@ def run_key(ctx: Context, job: Job, teachers: dict[str, TeacherRecord]) -> dict:
     return json.loads(json.dumps(key, default=str))  # as it reads back from run_result.json (tuples -> lists)
 
 
-# Preset fields that do not change a training without teachers (the KD knobs, the teachers' budgets, the
-# protocol's budget and frontier: the run's own step count is in the key).
-KD_ONLY_FIELDS = ("steps", "frontier", "kd_alpha", "kd_temperature", "kd_positions", "good_teacher_steps",
-                  "second_teacher_steps", "poor_teacher_steps", "recycled_teacher", "cache_top_k", "kd_learning_rate")
-# The teachers' budgets: a KD run's key holds the records of the teachers it reads (their steps included), so the
-# budget of a teacher it does not read (the poor one, for KD from the good teacher) does not shape it.
-TEACHER_BUDGETS = ("good_teacher_steps", "second_teacher_steps", "poor_teacher_steps")
+# Preset fields that do not change a training without teachers (the KD knobs, the protocol's budget and
+# frontier: the run's own step count is in the key).
+KD_ONLY_FIELDS = ("steps", "frontier", "kd_alpha", "kd_temperature", "kd_positions", "recycled_teacher",
+                  "cache_top_k", "kd_learning_rate")
 
 
 def comparable(key: dict) -> dict:
@@ -65,6 +63,8 @@ def comparable(key: dict) -> dict:
     key = json.loads(json.dumps(key))
     preset = key.get("preset", {})
     preset.pop("frontier", None)  # which frontier points a protocol draws changes no single run
+    # a teacher's budget is in the records of the teachers the run reads (the poor teacher's shapes no KD run
+    # from the good one)
     for k in [k for k, value in preset.items() if value is None or k in TEACHER_BUDGETS]:
         del preset[k]
     if not key.get("teachers"):

@@ -19,6 +19,11 @@ from ..core.errors import UserError
 TEXT_TASKS = ("mlm", "clm")
 
 
+# The teachers' budgets: no run's key needs them (a KD run's key holds the records, steps included, of the teachers
+# it reads) and no step's cost depends on them (hf_kd/reproduce/jobs.py: comparable, calibrate.py).
+TEACHER_BUDGETS = ("good_teacher_steps", "second_teacher_steps", "poor_teacher_steps")
+
+
 @dataclass(frozen=True)
 class TextPreset:
     """A text protocol (MLM or causal LM): model size, corpus, budgets. The defaults are the tuned tiny MLM one

@@ -1,5 +1,6 @@
 """A report's numbers must follow from the run logs kept beside it (``hf-kd reproduce --rerender --check``)."""
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -69,10 +70,11 @@ def test_rerender_check_rejects_an_edited_or_stale_report(tmp_path, capsys):
 
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-MARKER = "<!-- results.md of that run, verbatim"
-# every page with a verbatim report and its run logs beside it (docs/rerender.py finds them the same way)
-PAGES = sorted(str(p.relative_to(DOCS).with_suffix("")) for p in DOCS.rglob("*.md")
-               if p.with_suffix(".json").is_file() and MARKER in p.read_text())
+# docs/rerender.py is a script, not a package module: load it to use its page discovery and marker
+_spec = importlib.util.spec_from_file_location("docs_rerender", DOCS / "rerender.py")
+RERENDER = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(RERENDER)
+MARKER, PAGES = RERENDER.MARKER, RERENDER.report_pages()
 
 
 def test_the_checked_in_reports_are_found():
